@@ -1,0 +1,118 @@
+//! `publish FILE --type DIALECT --tenant T [--wait]`: how a person tries the service by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use crate::amqp::publisher::{Outgoing, json_properties};
+use crate::amqp::{Publisher, connect, header_i64, topology};
+use crate::config::Settings;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The request body, exactly as the dialect's API takes it.
+    pub file: PathBuf,
+    /// The dialect (the message's `type` property), e.g. upsert-by-customer-id.
+    #[arg(long = "type")]
+    pub dialect: String,
+    #[arg(long)]
+    pub tenant: String,
+    /// The batch id; defaults to the SHA-256 of the body.
+    #[arg(long)]
+    pub message_id: Option<String>,
+    /// Wait for the reply and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+    let body =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let connection = connect(settings.amqp.url(), "customer-ingest publish").await?;
+    let channel = connection.create_channel().await?;
+    topology::declare(&channel, &settings.amqp).await?;
+
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let mut properties = json_properties()
+        .with_type(args.dialect.as_str().into())
+        .with_correlation_id(correlation_id.as_str().into());
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "tenant".into(),
+        AMQPValue::LongString(LongString::from(args.tenant.as_str())),
+    );
+    properties = properties.with_headers(headers);
+    if let Some(message_id) = &args.message_id {
+        properties = properties.with_message_id(message_id.as_str().into());
+    }
+
+    let mut replies = None;
+    if args.wait {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        properties = properties.with_reply_to(queue.name().clone());
+        replies = Some(
+            channel
+                .basic_consume(
+                    queue.name().clone(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+        );
+    }
+
+    Publisher::open(&connection)
+        .await?
+        .publish(Outgoing {
+            exchange: "",
+            routing_key: &settings.amqp.ingest_queue,
+            body: &body,
+            properties,
+            mandatory: true,
+        })
+        .await?;
+    eprintln!(
+        "published {} bytes to {}",
+        body.len(),
+        settings.amqp.ingest_queue
+    );
+
+    if let Some(mut replies) = replies {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        loop {
+            let delivery = tokio::time::timeout_at(deadline, replies.next())
+                .await
+                .context("no reply before the timeout")?
+                .context("the reply consumer ended")??;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            let reply: serde_json::Value =
+                serde_json::from_slice(&delivery.data).context("the reply is not JSON")?;
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+            let part = header_i64(delivery.properties.headers(), "part").unwrap_or(1);
+            let parts = header_i64(delivery.properties.headers(), "parts").unwrap_or(1);
+            if part >= parts {
+                break;
+            }
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}

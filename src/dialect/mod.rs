@@ -1,0 +1,160 @@
+//! Request bodies of the bulk-customer APIs producers already use, one module per API.
+//!
+//! A dialect turns a body into [`ParsedRecord`]s of the common [`Customer`](crate::model::Customer)
+//! and renders the batch's [`RecordResult`]s back as the response body that API would have answered.
+//! It never touches AMQP or SQL. Adding a dialect is one new module and one line in [`DIALECTS`].
+
+mod text;
+pub mod upsert_by_customer_id;
+
+use serde::Serialize;
+
+use crate::model::{ParsedRecord, RecordResult};
+
+/// Limits a dialect enforces while reading a body.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_records: usize,
+}
+
+/// Why a whole body could not be read. Nothing of it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub trait Dialect: Send + Sync + 'static {
+    /// The value of the message's `type` property that selects this dialect.
+    fn name(&self) -> &'static str;
+
+    /// Reads a body. A record that is invalid fails alone; a body that cannot be read at all is a
+    /// [`Rejection`].
+    fn parse(&self, body: &str, limits: Limits) -> Result<Vec<ParsedRecord>, Rejection>;
+
+    /// The API's own response body for these results (one per input record, in input order).
+    fn render_response(&self, records: &[RecordResult]) -> serde_json::Value;
+}
+
+/// Every dialect this service reads, by `type` property.
+pub static DIALECTS: &[&dyn Dialect] = &[&upsert_by_customer_id::UpsertByCustomerId];
+
+pub fn find(name: &str) -> Option<&'static dyn Dialect> {
+    DIALECTS
+        .iter()
+        .copied()
+        .find(|dialect| dialect.name() == name)
+}
+
+/// Deepest nesting of arrays and objects a body may have. The bodies of every dialect need fewer than
+/// ten levels; the limit keeps a hostile body from costing deep recursion anywhere downstream.
+pub const MAX_NESTING: usize = 32;
+
+/// Refuses a body nested deeper than [`MAX_NESTING`], in one pass over its bytes, before it is parsed.
+pub fn check_nesting(body: &str) -> Result<(), Rejection> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in body.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Rejection::new(
+                        "too_deep",
+                        format!("the body is nested more than {MAX_NESTING} levels deep"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses a JSON body into its top-level array of raw records, borrowing from the body so that
+/// each record is decoded once, on its own, and one bad record cannot spoil the others.
+pub(crate) fn raw_records<'a>(
+    body: &'a str,
+    limits: Limits,
+) -> Result<Vec<&'a serde_json::value::RawValue>, Rejection> {
+    let records: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(body).map_err(|error| {
+            let code = if error.is_data() {
+                "invalid_body"
+            } else {
+                "invalid_json"
+            };
+            Rejection::new(
+                code,
+                format!("the body is not a JSON array of records: {error}"),
+            )
+        })?;
+    if records.len() > limits.max_records {
+        return Err(Rejection::new(
+            "too_many_records",
+            format!(
+                "the body holds {} records; at most {} are accepted per message",
+                records.len(),
+                limits.max_records
+            ),
+        ));
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dialect_is_found_by_its_name() {
+        for dialect in DIALECTS {
+            assert_eq!(find(dialect.name()).map(|d| d.name()), Some(dialect.name()));
+        }
+        assert!(find("no-such-dialect").is_none());
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_overflowed() {
+        let body = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
+        let error = check_nesting(&body).unwrap_err();
+        assert_eq!(error.code, "too_deep");
+        // Brackets inside strings are text, not nesting.
+        let quoted = format!(r#"[{{"a": "{}\"{}"}}]"#, "[".repeat(100), "{".repeat(100));
+        assert_eq!(check_nesting(&quoted), Ok(()));
+    }
+
+    #[test]
+    fn more_records_than_the_limit_are_rejected() {
+        let error = raw_records("[{},{},{}]", Limits { max_records: 2 }).unwrap_err();
+        assert_eq!(error.code, "too_many_records");
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_array_is_rejected() {
+        let error = raw_records(r#"{"a":1}"#, Limits { max_records: 2 }).unwrap_err();
+        assert_eq!(error.code, "invalid_body");
+    }
+}

@@ -1,0 +1,143 @@
+//! Field rules shared by the dialects: text limits and email syntax.
+
+use crate::model::FieldError;
+
+/// Longest key a producer may send.
+pub const MAX_KEY_CHARS: usize = 100;
+/// Longest free-text field.
+pub const MAX_TEXT_CHARS: usize = 255;
+
+/// Collects the errors of one record while its fields are checked.
+#[derive(Debug, Default)]
+pub struct Checker {
+    pub errors: Vec<FieldError>,
+}
+
+impl Checker {
+    /// Trims `value`, refuses control characters (Postgres cannot store NUL in a JSON document) and
+    /// text over `max` characters; an empty value counts as absent.
+    pub fn text(&mut self, field: &str, value: Option<String>, max: usize) -> Option<String> {
+        let value = value?;
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return None;
+        }
+        if trimmed.chars().any(char::is_control) {
+            self.errors.push(FieldError::new(
+                field,
+                "invalid_character",
+                format!("{field} contains a control character"),
+            ));
+            return None;
+        }
+        let chars = trimmed.chars().count();
+        if chars > max {
+            self.errors.push(FieldError::new(
+                field,
+                "too_long",
+                format!("{field} is {chars} characters long; at most {max} are allowed"),
+            ));
+            return None;
+        }
+        Some(trimmed.to_owned())
+    }
+
+    /// Like [`Checker::text`], but the field must be present.
+    pub fn required_text(
+        &mut self,
+        field: &str,
+        value: Option<String>,
+        max: usize,
+    ) -> Option<String> {
+        let before = self.errors.len();
+        let checked = self.text(field, value, max);
+        if checked.is_none() && self.errors.len() == before {
+            self.errors.push(FieldError::new(
+                field,
+                "required",
+                format!("{field} is required"),
+            ));
+        }
+        checked
+    }
+
+    /// An email address, checked for syntax and stored trimmed.
+    pub fn email(&mut self, field: &str, value: Option<String>) -> Option<String> {
+        let value = self.text(field, value, MAX_TEXT_CHARS)?;
+        if email_address::EmailAddress::is_valid(&value) {
+            Some(value)
+        } else {
+            self.errors.push(FieldError::new(
+                field,
+                "invalid_email",
+                format!("{field} is not a valid email address"),
+            ));
+            None
+        }
+    }
+
+    pub fn texts(&mut self, field: &str, values: Vec<String>, max: usize) -> Vec<String> {
+        values
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, value)| self.text(&format!("{field}[{i}]"), Some(value), max))
+            .collect()
+    }
+}
+
+/// A record that serde could not decode: the field path and what was wrong with it.
+pub fn decode_error(error: serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    // serde_json appends " at line L column C"; the position inside one record helps no one.
+    let message = inner.to_string();
+    let message = match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
+    };
+    let code = if message.starts_with("unknown field") {
+        "unknown_field"
+    } else if message.starts_with("missing field") {
+        "required"
+    } else if message.starts_with("invalid type") {
+        "invalid_type"
+    } else {
+        "invalid_value"
+    };
+    let field = if path == "." { String::new() } else { path };
+    FieldError::new(field, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_and_empty_counts_as_absent() {
+        let mut checker = Checker::default();
+        assert_eq!(checker.text("f", Some("  a ".into()), 5), Some("a".into()));
+        assert_eq!(checker.text("f", Some("   ".into()), 5), None);
+        assert!(checker.errors.is_empty());
+    }
+
+    #[test]
+    fn nul_and_overlong_text_are_refused() {
+        let mut checker = Checker::default();
+        assert_eq!(checker.text("f", Some("a\u{0}b".into()), 5), None);
+        assert_eq!(checker.text("g", Some("abcdef".into()), 5), None);
+        let codes: Vec<_> = checker.errors.iter().map(|e| e.code.as_str()).collect();
+        assert_eq!(codes, ["invalid_character", "too_long"]);
+    }
+
+    #[test]
+    fn a_malformed_email_is_refused() {
+        let mut checker = Checker::default();
+        assert_eq!(checker.email("email", Some("not-an-email".into())), None);
+        assert_eq!(
+            checker.email("email", Some("a@example.com".into())),
+            Some("a@example.com".into())
+        );
+        assert_eq!(checker.errors.len(), 1);
+        assert_eq!(checker.errors[0].code, "invalid_email");
+    }
+}

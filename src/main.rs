@@ -1,0 +1,15 @@
+use clap::Parser;
+
+use customer_ingest::cli::{Cli, Command, migrate, publish, serve};
+use customer_ingest::config::Settings;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve::run(settings).await,
+        Command::Migrate => migrate::run(settings).await,
+        Command::Publish(args) => publish::run(settings, args).await,
+    }
+}

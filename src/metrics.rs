@@ -1,0 +1,205 @@
+//! Every metric the service exports, declared in one place under the `customer_ingest_` prefix.
+//!
+//! Labels carry only dialects, outcomes, actions, SQLSTATEs and reasons: never a tenant's customer
+//! data, and nothing unbounded.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+const PREFIX: &str = "customer_ingest";
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages finished, by dialect and outcome (completed, partial, failed, rejected, duplicate).
+    pub messages: IntCounterVec,
+    /// Records finished, by dialect and action.
+    pub records: IntCounterVec,
+    pub batch_duration: HistogramVec,
+    pub chunk_duration: Histogram,
+    /// Transient database errors retried, by SQLSTATE (or `connection`).
+    pub db_retries: IntCounterVec,
+    pub outbox_pending: IntGauge,
+    pub outbox_oldest_pending_age: IntGauge,
+    pub in_flight: IntGauge,
+    pub events_published: IntCounter,
+    pub replies_published: IntCounter,
+    /// Messages this service dead-lettered, by reason code.
+    pub dead_lettered: IntCounterVec,
+    /// Deliveries that arrived flagged as redelivered by the broker.
+    pub redeliveries: IntCounter,
+    /// Connections re-established, by `amqp` or `database`.
+    pub reconnects: IntCounterVec,
+    /// 1 while Postgres cannot be reached and no message is taken.
+    pub database_unavailable: IntGauge,
+    /// Messages handed back to the queue as fresh copies because Postgres stayed unreachable.
+    pub requeued_for_outage: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some(PREFIX.to_owned()), None)
+            .expect("the metric prefix is a valid name");
+
+        // Batches of 1 to 100,000 records: from a few milliseconds to a few minutes.
+        let batch_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ];
+        // One chunk is one transaction of up to a few thousand rows: milliseconds to seconds, more
+        // only while retrying.
+        let chunk_buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+
+        let metrics = Self {
+            messages: IntCounterVec::new(
+                Opts::new(
+                    "messages_total",
+                    "Messages finished, by dialect and outcome.",
+                ),
+                &["dialect", "outcome"],
+            )
+            .unwrap(),
+            records: IntCounterVec::new(
+                Opts::new("records_total", "Records finished, by dialect and action."),
+                &["dialect", "action"],
+            )
+            .unwrap(),
+            batch_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "batch_duration_seconds",
+                    "Time from taking a message to acknowledging it.",
+                )
+                .buckets(batch_buckets),
+                &["dialect"],
+            )
+            .unwrap(),
+            chunk_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "chunk_duration_seconds",
+                    "Time to apply one chunk in one transaction, retries included.",
+                )
+                .buckets(chunk_buckets),
+            )
+            .unwrap(),
+            db_retries: IntCounterVec::new(
+                Opts::new(
+                    "db_retries_total",
+                    "Transient database errors retried, by SQLSTATE.",
+                ),
+                &["sqlstate"],
+            )
+            .unwrap(),
+            outbox_pending: IntGauge::new("outbox_pending", "Events waiting in the outbox.")
+                .unwrap(),
+            outbox_oldest_pending_age: IntGauge::new(
+                "outbox_oldest_pending_age_seconds",
+                "Age of the oldest event waiting in the outbox.",
+            )
+            .unwrap(),
+            in_flight: IntGauge::new("messages_in_flight", "Messages being processed.").unwrap(),
+            events_published: IntCounter::new(
+                "events_published_total",
+                "Customer-state events published and confirmed.",
+            )
+            .unwrap(),
+            replies_published: IntCounter::new(
+                "replies_published_total",
+                "Reply messages published and confirmed.",
+            )
+            .unwrap(),
+            dead_lettered: IntCounterVec::new(
+                Opts::new(
+                    "dead_lettered_total",
+                    "Messages sent to the dead-letter queue, by reason.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            redeliveries: IntCounter::new(
+                "redeliveries_total",
+                "Deliveries the broker flagged as redelivered.",
+            )
+            .unwrap(),
+            reconnects: IntCounterVec::new(
+                Opts::new("reconnects_total", "Connections re-established, by peer."),
+                &["peer"],
+            )
+            .unwrap(),
+            database_unavailable: IntGauge::new(
+                "database_unavailable",
+                "1 while Postgres cannot be reached.",
+            )
+            .unwrap(),
+            requeued_for_outage: IntCounter::new(
+                "requeued_for_outage_total",
+                "Messages handed back to the queue because Postgres stayed unreachable.",
+            )
+            .unwrap(),
+            registry,
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.messages.clone()),
+            Box::new(self.records.clone()),
+            Box::new(self.batch_duration.clone()),
+            Box::new(self.chunk_duration.clone()),
+            Box::new(self.db_retries.clone()),
+            Box::new(self.outbox_pending.clone()),
+            Box::new(self.outbox_oldest_pending_age.clone()),
+            Box::new(self.in_flight.clone()),
+            Box::new(self.events_published.clone()),
+            Box::new(self.replies_published.clone()),
+            Box::new(self.dead_lettered.clone()),
+            Box::new(self.redeliveries.clone()),
+            Box::new(self.reconnects.clone()),
+            Box::new(self.database_unavailable.clone()),
+            Box::new(self.requeued_for_outage.clone()),
+        ];
+        for collector in collectors {
+            self.registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding metrics to memory cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_the_common_prefix() {
+        let metrics = Metrics::new();
+        metrics
+            .messages
+            .with_label_values(&["upsert-by-customer-id", "completed"])
+            .inc();
+        let text = metrics.render();
+        assert!(text.contains(
+            "customer_ingest_messages_total{dialect=\"upsert-by-customer-id\",outcome=\"completed\"} 1"
+        ));
+        assert!(text.contains("# HELP customer_ingest_outbox_pending"));
+    }
+}

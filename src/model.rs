@@ -1,0 +1,247 @@
+//! The common customer every dialect parses into, and the batch result every dialect renders from.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A customer as stored (`customers.data`) and as carried by events. Dialects map their own fields onto
+/// it; a field a dialect does not know stays `None` and is left out of the stored document, so two
+/// deliveries of the same record compare equal and the second one is `unchanged`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Customer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fax: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_zone: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warehouse_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_class_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_permission_key: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_sales_rep: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub sales_reps: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub ordering_groups: Vec<OrderingGroup>,
+    /// Free-form fields a producer carries through (`extra1`..`extra5`), by name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Address {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub street1: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub street2: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+}
+
+impl Address {
+    pub fn is_empty(&self) -> bool {
+        *self == Address::default()
+    }
+}
+
+/// A group of ordering rights; sub-groups list the customers (by key) they cover.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderingGroup {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub sub_groups: Vec<OrderingGroup>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub customers: Vec<String>,
+}
+
+/// One record of an inbound batch after parsing: its position, the key the producer gave (if it could
+/// be read) and either the customer or why it was refused.
+#[derive(Debug)]
+pub struct ParsedRecord {
+    pub index: usize,
+    pub key: Option<String>,
+    pub customer: Result<Customer, Vec<FieldError>>,
+}
+
+/// Why one field of one record was refused. It goes to the producer in the reply, never to a log: a
+/// message may quote the refused value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Updated,
+    Unchanged,
+    Failed,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Unchanged => "unchanged",
+            Action::Failed => "failed",
+        }
+    }
+}
+
+/// What happened to one record of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordResult {
+    pub index: usize,
+    pub key: Option<String>,
+    pub id: Option<Uuid>,
+    pub action: Action,
+    pub version: Option<i64>,
+    #[serde(default)]
+    pub errors: Vec<FieldError>,
+}
+
+impl RecordResult {
+    pub fn failed(index: usize, key: Option<String>, errors: Vec<FieldError>) -> Self {
+        Self {
+            index,
+            key,
+            id: None,
+            action: Action::Failed,
+            version: None,
+            errors,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchStatus {
+    /// Every record applied.
+    Completed,
+    /// Some records failed; the others are applied.
+    Partial,
+    /// Every record failed.
+    Failed,
+    /// The message could not be read at all; nothing was applied.
+    Rejected,
+}
+
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Completed => "completed",
+            BatchStatus::Partial => "partial",
+            BatchStatus::Failed => "failed",
+            BatchStatus::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+}
+
+impl Counts {
+    pub fn of(records: &[RecordResult]) -> Self {
+        let mut counts = Counts {
+            total: records.len(),
+            ..Counts::default()
+        };
+        for record in records {
+            match record.action {
+                Action::Created => counts.created += 1,
+                Action::Updated => counts.updated += 1,
+                Action::Unchanged => counts.unchanged += 1,
+                Action::Failed => counts.failed += 1,
+            }
+        }
+        counts
+    }
+
+    pub fn status(&self) -> BatchStatus {
+        if self.failed == 0 {
+            BatchStatus::Completed
+        } else if self.failed == self.total {
+            BatchStatus::Failed
+        } else {
+            BatchStatus::Partial
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(action: Action) -> RecordResult {
+        RecordResult {
+            index: 0,
+            key: None,
+            id: None,
+            action,
+            version: None,
+            errors: vec![],
+        }
+    }
+
+    #[test]
+    fn status_follows_the_failed_count() {
+        let all_ok = [result(Action::Created), result(Action::Unchanged)];
+        assert_eq!(Counts::of(&all_ok).status(), BatchStatus::Completed);
+        let some = [result(Action::Created), result(Action::Failed)];
+        assert_eq!(Counts::of(&some).status(), BatchStatus::Partial);
+        let none = [result(Action::Failed)];
+        assert_eq!(Counts::of(&none).status(), BatchStatus::Failed);
+    }
+
+    #[test]
+    fn an_empty_customer_serializes_to_an_empty_object() {
+        let json = serde_json::to_value(Customer::default()).unwrap();
+        assert_eq!(json, serde_json::json!({}));
+    }
+}

@@ -1,0 +1,637 @@
+//! One message, start to finish: validate → chunk → upsert (with retries) → reply → ack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use chrono::Utc;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::amqp::publisher::{Delivered, Outgoing, json_properties};
+use crate::amqp::{Publisher, header_i64, header_str};
+use crate::config::{AmqpSettings, PipelineSettings};
+use crate::dialect::{self, Limits, Rejection};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::model::{Action, BatchStatus, Counts, FieldError, ParsedRecord, RecordResult};
+use crate::reply::{Reply, ReplyError};
+use crate::store::{self, batches, customers};
+
+/// Why a message did not complete, grouped by what happens to it next.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The message can never be processed (not JSON, unknown dialect, no tenant, too large...).
+    /// Retrying cannot help, so it is dead-lettered at once and answered with a `rejected` reply.
+    #[error("message rejected: {0}")]
+    Rejected(Rejection),
+    /// Postgres stayed unreachable for the whole retry budget. The message goes back to the queue as
+    /// a fresh copy, so an outage does not use up its delivery attempts.
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    /// RabbitMQ failed us mid-way (a publish was not confirmed). The message stays unacknowledged and
+    /// the broker redelivers it; everything already committed is found again, not applied twice.
+    #[error("broker failure")]
+    Broker(#[source] anyhow::Error),
+    /// Postgres refused a bookkeeping statement for a reason retrying does not fix. The message stays
+    /// unacknowledged; if the fault persists, the delivery limit moves it to the dead-letter queue.
+    #[error("database error")]
+    Storage(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        if store::is_transient(&error) {
+            BatchError::DatabaseUnavailable(error)
+        } else {
+            BatchError::Storage(error)
+        }
+    }
+}
+
+/// Header on a copy that was handed back to the queue during a database outage.
+pub const OUTAGE_REQUEUES_HEADER: &str = "outage-requeues";
+/// Headers on a dead-lettered message saying why this service refused it.
+pub const ERROR_CODE_HEADER: &str = "error-code";
+pub const ERROR_MESSAGE_HEADER: &str = "error-message";
+
+/// The message properties the pipeline reads.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub batch_id: String,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub dialect: Option<String>,
+    pub tenant: Option<String>,
+}
+
+impl Envelope {
+    pub fn read(properties: &BasicProperties, body: &[u8]) -> Self {
+        let text = |value: &Option<lapin::types::ShortString>| {
+            value
+                .as_ref()
+                .map(|v| v.as_str().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        Envelope {
+            // Without a message_id the body itself is the identity: the same body is the same batch.
+            batch_id: text(properties.message_id())
+                .unwrap_or_else(|| hex::encode(Sha256::digest(body))),
+            correlation_id: text(properties.correlation_id()),
+            reply_to: text(properties.reply_to()),
+            dialect: text(properties.kind()),
+            tenant: header_str(properties.headers(), "tenant")
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+        }
+    }
+}
+
+pub struct Pipeline {
+    pool: PgPool,
+    settings: PipelineSettings,
+    amqp: AmqpSettings,
+    retry_budget: Duration,
+    metrics: Metrics,
+    health: Health,
+    relay: Arc<Notify>,
+}
+
+impl Pipeline {
+    pub fn new(
+        pool: PgPool,
+        settings: PipelineSettings,
+        amqp: AmqpSettings,
+        retry_budget: Duration,
+        metrics: Metrics,
+        health: Health,
+        relay: Arc<Notify>,
+    ) -> Self {
+        Self {
+            pool,
+            settings,
+            amqp,
+            retry_budget,
+            metrics,
+            health,
+            relay,
+        }
+    }
+
+    /// Processes one delivery and acknowledges it once its reply is confirmed. Never panics on input;
+    /// a delivery that could not be finished is left unacknowledged for the broker to redeliver.
+    #[tracing::instrument(skip_all, fields(batch_id, tenant, dialect))]
+    pub async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        self.metrics.in_flight.inc();
+        if delivery.redelivered {
+            self.metrics.redeliveries.inc();
+        }
+        let envelope = Envelope::read(&delivery.properties, &delivery.data);
+        let span = tracing::Span::current();
+        span.record("batch_id", envelope.batch_id.as_str());
+        if let Some(tenant) = &envelope.tenant {
+            span.record("tenant", tenant.as_str());
+        }
+        if let Some(dialect) = &envelope.dialect {
+            span.record("dialect", dialect.as_str());
+        }
+        let dialect_label = envelope
+            .dialect
+            .as_deref()
+            .and_then(dialect::find)
+            .map_or("unknown", |d| d.name());
+
+        let outcome = match self.process(&envelope, &delivery.data, started_at).await {
+            Ok(reply) => {
+                let outcome = reply.status.as_str();
+                self.send_reply(publisher, &envelope, reply)
+                    .await
+                    .map(|()| outcome)
+            }
+            Err(BatchError::Rejected(rejection)) => self
+                .reject(publisher, &delivery, &envelope, rejection, started_at)
+                .await
+                .map(|()| "rejected"),
+            Err(BatchError::DatabaseUnavailable(error)) => {
+                tracing::warn!(error = %error, "database unreachable for the whole retry budget; handing the message back to the queue");
+                self.requeue_for_outage(publisher, &delivery)
+                    .await
+                    .map(|()| "requeued")
+            }
+            Err(error @ (BatchError::Broker(_) | BatchError::Storage(_))) => Err(error),
+        };
+
+        match outcome {
+            Ok(outcome) => {
+                self.ack(&delivery).await;
+                self.metrics
+                    .messages
+                    .with_label_values(&[dialect_label, outcome])
+                    .inc();
+                self.metrics
+                    .batch_duration
+                    .with_label_values(&[dialect_label])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                tracing::error!(error = ?error, "message not finished; left unacknowledged for redelivery");
+            }
+        }
+        self.metrics.in_flight.dec();
+    }
+
+    async fn ack(&self, delivery: &Delivery) {
+        match delivery.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => {}
+            // The delivery belongs to a connection that has since been replaced: the broker has
+            // requeued it and will deliver it again, and that delivery finds the batch completed.
+            Ok(false) => tracing::warn!(
+                "delivery from a closed channel not acknowledged; it will be redelivered"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %error, "acknowledgement failed; the message will be redelivered")
+            }
+        }
+    }
+
+    /// Everything up to the reply: returns the batch's reply, or why there is none.
+    async fn process(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        started_at: chrono::DateTime<Utc>,
+    ) -> Result<Reply, BatchError> {
+        // Checked before anything is parsed, so an oversized body costs no more than its bytes.
+        if body.len() > self.settings.max_body_bytes {
+            return Err(BatchError::Rejected(Rejection::new(
+                "body_too_large",
+                format!(
+                    "the body is {} bytes; at most {} are accepted",
+                    body.len(),
+                    self.settings.max_body_bytes
+                ),
+            )));
+        }
+        let Some(tenant) = envelope.tenant.as_deref() else {
+            return Err(BatchError::Rejected(Rejection::new(
+                "missing_tenant",
+                "the message has no `tenant` header",
+            )));
+        };
+        let dialect = match envelope.dialect.as_deref() {
+            None => {
+                return Err(BatchError::Rejected(Rejection::new(
+                    "missing_type",
+                    format!(
+                        "the message has no `type` property; expected one of: {}",
+                        dialect_names()
+                    ),
+                )));
+            }
+            Some(name) => dialect::find(name).ok_or_else(|| {
+                BatchError::Rejected(Rejection::new(
+                    "unknown_type",
+                    format!(
+                        "unknown message type `{name}`; expected one of: {}",
+                        dialect_names()
+                    ),
+                ))
+            })?,
+        };
+
+        let stored = self
+            .with_db_retries(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
+            .await?;
+        if let Some(stored) = stored {
+            tracing::info!("batch already completed; sending its reply again");
+            return serde_json::from_value(stored).map_err(|error| {
+                BatchError::Rejected(Rejection::new(
+                    "stored_reply_unreadable",
+                    format!("the stored reply of this batch cannot be read: {error}"),
+                ))
+            });
+        }
+
+        let text = std::str::from_utf8(body).map_err(|error| {
+            BatchError::Rejected(Rejection::new(
+                "invalid_utf8",
+                format!("the body is not UTF-8: {error}"),
+            ))
+        })?;
+        let limits = Limits {
+            max_records: self.settings.max_records,
+        };
+        dialect::check_nesting(text).map_err(BatchError::Rejected)?;
+        let parsed = dialect.parse(text, limits).map_err(BatchError::Rejected)?;
+        tracing::info!(records = parsed.len(), "batch read");
+
+        let records = self.apply(tenant, &envelope.batch_id, parsed).await?;
+        let counts = Counts::of(&records);
+        for action in [
+            Action::Created,
+            Action::Updated,
+            Action::Unchanged,
+            Action::Failed,
+        ] {
+            let n = records.iter().filter(|r| r.action == action).count();
+            if n > 0 {
+                self.metrics
+                    .records
+                    .with_label_values(&[dialect.name(), action.as_str()])
+                    .inc_by(n as u64);
+            }
+        }
+        let reply = Reply {
+            batch_id: envelope.batch_id.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            tenant: Some(tenant.to_owned()),
+            dialect: Some(dialect.name().to_owned()),
+            status: counts.status(),
+            counts,
+            response: dialect.render_response(&records),
+            records,
+            error: None,
+            started_at,
+            finished_at: Utc::now(),
+            part: Default::default(),
+        };
+        let reply_json = serde_json::to_value(&reply).expect("a reply always serializes");
+        let stored = self
+            .with_db_retries(|| {
+                batches::complete(
+                    &self.pool,
+                    tenant,
+                    &envelope.batch_id,
+                    dialect.name(),
+                    reply.status.as_str(),
+                    &reply_json,
+                )
+            })
+            .await?;
+        tracing::info!(
+            status = reply.status.as_str(),
+            created = counts.created,
+            updated = counts.updated,
+            unchanged = counts.unchanged,
+            failed = counts.failed,
+            "batch completed"
+        );
+        Ok(serde_json::from_value(stored).unwrap_or(reply))
+    }
+
+    /// Applies the valid records chunk by chunk and returns one result per input record.
+    async fn apply(
+        &self,
+        tenant: &str,
+        batch_id: &str,
+        parsed: Vec<ParsedRecord>,
+    ) -> Result<Vec<RecordResult>, BatchError> {
+        // Duplicate keys collapse to their last valid occurrence; the earlier ones report its result.
+        let mut last_of_key: HashMap<&str, usize> = HashMap::new();
+        for record in &parsed {
+            if let (Some(key), Ok(_)) = (&record.key, &record.customer) {
+                last_of_key.insert(key.as_str(), record.index);
+            }
+        }
+        let rows: Vec<customers::ChunkRow> = parsed
+            .iter()
+            .filter_map(|record| match (&record.key, &record.customer) {
+                (Some(key), Ok(customer)) if last_of_key[key.as_str()] == record.index => {
+                    Some(customers::ChunkRow {
+                        key: key.clone(),
+                        data: serde_json::to_string(customer)
+                            .expect("a customer always serializes"),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+
+        let chunk_count = rows.len().div_ceil(self.settings.chunk_size);
+        let mut applied: HashMap<String, customers::Applied> = HashMap::with_capacity(rows.len());
+        let mut refused: HashMap<String, FieldError> = HashMap::new();
+        for (chunk_index, chunk) in rows.chunks(self.settings.chunk_size).enumerate() {
+            let started = Instant::now();
+            let index = i32::try_from(chunk_index).expect("chunk count is bounded by max_records");
+            let result = self
+                .with_db_retries(|| {
+                    customers::apply_chunk(&self.pool, tenant, batch_id, index, chunk)
+                })
+                .await;
+            self.metrics
+                .chunk_duration
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(results) => {
+                    self.relay.notify_one();
+                    applied.extend(results.into_iter().map(|a| (a.key.clone(), a)));
+                }
+                Err(error) if store::is_transient(&error) => {
+                    return Err(BatchError::DatabaseUnavailable(error));
+                }
+                // Postgres refused the chunk itself (a constraint, a value it cannot store): retrying
+                // cannot help, and the other chunks are unaffected, so this chunk's records fail.
+                Err(error) => {
+                    let code = store::sqlstate(&error).unwrap_or_default();
+                    tracing::error!(chunk = chunk_index, sqlstate = %code, "the database refused a chunk");
+                    let failure = FieldError::new(
+                        "",
+                        "storage_error",
+                        format!("the database refused this record's chunk (SQLSTATE {code})"),
+                    );
+                    for row in chunk {
+                        refused.insert(row.key.clone(), failure.clone());
+                    }
+                }
+            }
+            if chunk_count > 1 && (chunk_index + 1) % 20 == 0 {
+                tracing::info!(chunk = chunk_index + 1, of = chunk_count, "batch progress");
+            }
+        }
+
+        Ok(parsed
+            .into_iter()
+            .map(|record| match (record.key, record.customer) {
+                (key, Err(errors)) => RecordResult::failed(record.index, key, errors),
+                (Some(key), Ok(_)) => match (applied.get(&key), refused.get(&key)) {
+                    (Some(a), _) => RecordResult {
+                        index: record.index,
+                        id: Some(a.id),
+                        action: a.action,
+                        version: Some(a.version),
+                        errors: vec![],
+                        key: Some(key),
+                    },
+                    (None, Some(failure)) => {
+                        RecordResult::failed(record.index, Some(key), vec![failure.clone()])
+                    }
+                    (None, None) => unreachable!("every valid record's key was applied or refused"),
+                },
+                (None, Ok(_)) => unreachable!("a dialect never accepts a record without a key"),
+            })
+            .collect())
+    }
+
+    /// Runs a database step, retrying transient errors with jittered backoff for up to the retry
+    /// budget while the message stays unacknowledged.
+    async fn with_db_retries<T, F, Fut>(&self, op: F) -> Result<T, sqlx::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let result = op
+            .retry(store::retry_policy(self.retry_budget))
+            .when(store::is_transient)
+            .notify(|error, delay| {
+                let label = store::retry_label(error);
+                self.metrics.db_retries.with_label_values(&[&label]).inc();
+                if store::is_unreachable(error) {
+                    self.health.set_database(false);
+                }
+                tracing::warn!(sqlstate = %label, error = %error, retry_in = ?delay, "transient database error; retrying");
+            })
+            .await;
+        if result.is_ok() {
+            self.health.set_database(true);
+        }
+        result
+    }
+
+    async fn send_reply(
+        &self,
+        publisher: &Publisher,
+        envelope: &Envelope,
+        reply: Reply,
+    ) -> Result<(), BatchError> {
+        let reply = Reply {
+            // A reply sent again for a redelivered or repeated batch answers this delivery.
+            correlation_id: envelope.correlation_id.clone(),
+            ..reply
+        };
+        let routing_key = envelope
+            .reply_to
+            .as_deref()
+            .unwrap_or(&self.amqp.results_queue);
+        let parts = reply.into_parts(self.settings.reply_records_per_message);
+        let bodies: Vec<(Vec<u8>, BasicProperties)> = parts
+            .iter()
+            .map(|part| {
+                let body = serde_json::to_vec(part).expect("a reply always serializes");
+                let mut headers = FieldTable::default();
+                headers.insert("batch_id".into(), long_string(&part.batch_id));
+                headers.insert("status".into(), long_string(part.status.as_str()));
+                headers.insert(
+                    "part".into(),
+                    AMQPValue::LongLongInt(part.part.index as i64),
+                );
+                headers.insert(
+                    "parts".into(),
+                    AMQPValue::LongLongInt(part.part.count as i64),
+                );
+                if let Some(tenant) = &part.tenant {
+                    headers.insert("tenant".into(), long_string(tenant));
+                }
+                let mut properties = json_properties()
+                    .with_message_id(format!("{}:{}", part.batch_id, part.part.index).into())
+                    .with_type("ingest-result".into())
+                    .with_headers(headers);
+                if let Some(correlation_id) = &part.correlation_id {
+                    properties = properties.with_correlation_id(correlation_id.as_str().into());
+                }
+                (body, properties)
+            })
+            .collect();
+        let messages: Vec<Outgoing> = bodies
+            .iter()
+            .map(|(body, properties)| Outgoing {
+                exchange: "",
+                routing_key,
+                body,
+                properties: properties.clone(),
+                mandatory: true,
+            })
+            .collect();
+        let delivered = publisher
+            .publish_all(&messages)
+            .await
+            .map_err(BatchError::Broker)?;
+        self.metrics
+            .replies_published
+            .inc_by(delivered.len() as u64);
+        if delivered.contains(&Delivered::Unroutable) {
+            // Nothing more can be done for the producer: its reply queue does not exist. The reply
+            // stays stored and is sent again if the batch is published again.
+            tracing::warn!(
+                reply_to = routing_key,
+                "reply unroutable: no queue by that name"
+            );
+        }
+        Ok(())
+    }
+
+    /// Dead-letters a message that can never be processed, with the reason in its headers, then
+    /// answers it with a `rejected` reply. The copy is confirmed before the original is acknowledged,
+    /// so a crash in between leaves at worst two copies, never none.
+    async fn reject(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        rejection: Rejection,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Result<(), BatchError> {
+        tracing::warn!(code = rejection.code, reason = %rejection.message, "message rejected");
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ERROR_CODE_HEADER.into(), long_string(rejection.code));
+        headers.insert(ERROR_MESSAGE_HEADER.into(), long_string(&rejection.message));
+        publisher
+            .publish(Outgoing {
+                exchange: &self.amqp.dead_letter_exchange,
+                routing_key: &self.amqp.ingest_queue,
+                body: &delivery.data,
+                properties: delivery.properties.clone().with_headers(headers),
+                mandatory: false,
+            })
+            .await
+            .map_err(BatchError::Broker)?;
+        self.metrics
+            .dead_lettered
+            .with_label_values(&[rejection.code])
+            .inc();
+
+        let reply = Reply {
+            batch_id: envelope.batch_id.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            tenant: envelope.tenant.clone(),
+            dialect: envelope.dialect.clone(),
+            status: BatchStatus::Rejected,
+            counts: Counts::default(),
+            records: vec![],
+            response: serde_json::Value::Null,
+            error: Some(ReplyError {
+                code: rejection.code.to_owned(),
+                message: rejection.message,
+            }),
+            started_at,
+            finished_at: Utc::now(),
+            part: Default::default(),
+        };
+        self.send_reply(publisher, envelope, reply).await
+    }
+
+    /// Hands the message back to the queue as a new message (publish, confirm, then ack the original)
+    /// instead of a requeue, which would count against the delivery limit: an outage of Postgres
+    /// must not send good messages to the dead-letter queue.
+    async fn requeue_for_outage(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+    ) -> Result<(), BatchError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let count = header_i64(&Some(headers.clone()), OUTAGE_REQUEUES_HEADER).unwrap_or(0) + 1;
+        headers.insert(OUTAGE_REQUEUES_HEADER.into(), AMQPValue::LongLongInt(count));
+        publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &self.amqp.ingest_queue,
+                body: &delivery.data,
+                properties: delivery.properties.clone().with_headers(headers),
+                mandatory: true,
+            })
+            .await
+            .map_err(BatchError::Broker)?;
+        self.metrics.requeued_for_outage.inc();
+        Ok(())
+    }
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn dialect_names() -> String {
+    dialect::DIALECTS
+        .iter()
+        .map(|d| d.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_without_message_id_is_identified_by_its_body() {
+        let properties = BasicProperties::default();
+        let a = Envelope::read(&properties, b"[1]");
+        let b = Envelope::read(&properties, b"[1]");
+        let c = Envelope::read(&properties, b"[2]");
+        assert_eq!(a.batch_id, b.batch_id);
+        assert_ne!(a.batch_id, c.batch_id);
+        assert_eq!(a.batch_id.len(), 64);
+    }
+
+    #[test]
+    fn the_tenant_comes_from_its_header() {
+        let mut headers = FieldTable::default();
+        headers.insert("tenant".into(), long_string("acme"));
+        let properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_message_id("m1".into())
+            .with_type("upsert-by-customer-id".into());
+        let envelope = Envelope::read(&properties, b"[]");
+        assert_eq!(envelope.tenant.as_deref(), Some("acme"));
+        assert_eq!(envelope.batch_id, "m1");
+        assert_eq!(envelope.dialect.as_deref(), Some("upsert-by-customer-id"));
+    }
+}

@@ -1,0 +1,154 @@
+//! Publishes the outbox: every committed customer change becomes an event on the events exchange.
+//!
+//! Woken after each chunk commit, and polls as a fallback (for events another process or a crash
+//! left behind). An event is deleted from the outbox only after the broker confirmed it, so every
+//! event is published at least once, under the same `event_id` every time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::Publisher;
+use crate::amqp::publisher::{Outgoing, json_properties};
+use crate::config::RelaySettings;
+use crate::metrics::Metrics;
+use crate::store::outbox::{self, PendingEvent};
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub settings: RelaySettings,
+    pub exchange: String,
+    pub metrics: Metrics,
+    pub wakeup: Arc<Notify>,
+    pub publisher: watch::Receiver<Option<Publisher>>,
+}
+
+impl Relay {
+    /// Runs until `stop` is cancelled, then publishes what is left (while the broker is reachable)
+    /// and returns.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let more = match self.current_publisher(&stop).await {
+                Some(publisher) => self.publish_pending(&publisher).await,
+                None => false,
+            };
+            self.observe_backlog().await;
+            if stop.is_cancelled() {
+                break;
+            }
+            if more {
+                continue;
+            }
+            tokio::select! {
+                () = self.wakeup.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval()) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        self.flush().await;
+    }
+
+    /// Publishes until the outbox is empty or publishing fails.
+    async fn flush(&mut self) {
+        let Some(publisher) = self.publisher.borrow().clone() else {
+            return;
+        };
+        while self.publish_pending(&publisher).await {}
+        self.observe_backlog().await;
+    }
+
+    async fn current_publisher(&mut self, stop: &CancellationToken) -> Option<Publisher> {
+        tokio::select! {
+            publisher = self.publisher.wait_for(Option::is_some) => publisher.ok().and_then(|p| p.clone()),
+            () = stop.cancelled() => None,
+        }
+    }
+
+    /// Publishes one claim's worth of events. Returns whether a full batch went out (so more may wait).
+    async fn publish_pending(&self, publisher: &Publisher) -> bool {
+        let claim = match outbox::claim(&self.pool, self.settings.batch_size).await {
+            Ok(Some(claim)) => claim,
+            // Another process's relay holds the claim; it publishes in our place.
+            Ok(None) => return false,
+            Err(error) => {
+                tracing::warn!(error = %error, "claiming outbox events failed; will retry");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return false;
+            }
+        };
+        if claim.events.is_empty() {
+            return false;
+        }
+        let bodies: Vec<Vec<u8>> = claim.events.iter().map(event_body).collect();
+        let messages: Vec<Outgoing> = claim
+            .events
+            .iter()
+            .zip(&bodies)
+            .map(|(event, body)| Outgoing {
+                exchange: &self.exchange,
+                routing_key: &event.routing_key,
+                body,
+                properties: event_properties(event),
+                mandatory: false,
+            })
+            .collect();
+        let count = messages.len();
+        if let Err(error) = publisher.publish_all(&messages).await {
+            // The claim is rolled back: the same events, with the same ids, go out on the next try.
+            tracing::warn!(error = ?error, "publishing events failed; will retry");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return false;
+        }
+        fail::fail_point!("relay-after-publish", |_| false);
+        if let Err(error) = claim.finish().await {
+            // Published but not marked done: they are published again later, under the same ids.
+            tracing::warn!(error = %error, "marking events published failed; they will be published again");
+            return false;
+        }
+        self.metrics.events_published.inc_by(count as u64);
+        count as i64 == self.settings.batch_size
+    }
+
+    async fn observe_backlog(&self) {
+        if let Ok((pending, oldest)) = outbox::backlog(&self.pool).await {
+            self.metrics.outbox_pending.set(pending);
+            let age = oldest.map_or(0, |t| (chrono::Utc::now() - t).num_seconds().max(0));
+            self.metrics.outbox_oldest_pending_age.set(age);
+        }
+    }
+}
+
+fn event_body(event: &PendingEvent) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_id": event.event_id,
+        "type": event.routing_key,
+        "tenant": event.tenant,
+        "customer_id": event.customer_id,
+        "version": event.version,
+        "batch_id": event.batch_id,
+        "occurred_at": event.occurred_at,
+        "customer": event.customer,
+    }))
+    .expect("an event always serializes")
+}
+
+fn event_properties(event: &PendingEvent) -> lapin::BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "tenant".into(),
+        AMQPValue::LongString(LongString::from(event.tenant.as_str())),
+    );
+    headers.insert(
+        "customer_id".into(),
+        AMQPValue::LongString(LongString::from(event.customer_id.to_string())),
+    );
+    json_properties()
+        .with_message_id(event.event_id.to_string().into())
+        .with_type(event.routing_key.as_str().into())
+        .with_headers(headers)
+}

@@ -1,0 +1,154 @@
+//! The result message a producer gets for each batch, and how a large one is split into parts.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::dialect;
+use crate::model::{BatchStatus, Counts, RecordResult};
+
+/// The reply body. Stored whole in `processed_batches` when a batch completes; every later delivery of
+/// the same batch gets this same body back, apart from `correlation_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub batch_id: String,
+    pub correlation_id: Option<String>,
+    pub tenant: Option<String>,
+    pub dialect: Option<String>,
+    pub status: BatchStatus,
+    pub counts: Counts,
+    pub records: Vec<RecordResult>,
+    /// The body the dialect's own API would have answered (for the records of this part).
+    pub response: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReplyError>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Which part of the batch's reply this message is: `records` and `response` cover one slice of the
+    /// batch, everything else covers the whole batch. `{"index": 1, "count": 1}` for most batches.
+    #[serde(default)]
+    pub part: Part,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplyError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Part {
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for Part {
+    fn default() -> Self {
+        Part { index: 1, count: 1 }
+    }
+}
+
+impl Reply {
+    /// Splits the reply into messages of at most `records_per_message` records each, so that a reply to
+    /// a 100,000-record batch stays far below the broker's maximum message size while still carrying
+    /// every record's id and outcome. Each part re-renders the dialect response for its own records.
+    pub fn into_parts(self, records_per_message: usize) -> Vec<Reply> {
+        if self.records.len() <= records_per_message {
+            return vec![Reply {
+                part: Part::default(),
+                ..self
+            }];
+        }
+        let dialect = self.dialect.as_deref().and_then(dialect::find);
+        let count = self.records.len().div_ceil(records_per_message);
+        let mut template = self;
+        let records = std::mem::take(&mut template.records);
+        records
+            .chunks(records_per_message)
+            .enumerate()
+            .map(|(i, slice)| Reply {
+                records: slice.to_vec(),
+                response: dialect
+                    .map(|d| d.render_response(slice))
+                    .unwrap_or(serde_json::Value::Null),
+                part: Part {
+                    index: i + 1,
+                    count,
+                },
+                ..template.clone_without_records()
+            })
+            .collect()
+    }
+
+    fn clone_without_records(&self) -> Reply {
+        Reply {
+            batch_id: self.batch_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            tenant: self.tenant.clone(),
+            dialect: self.dialect.clone(),
+            status: self.status,
+            counts: self.counts,
+            records: Vec::new(),
+            response: serde_json::Value::Null,
+            error: self.error.clone(),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            part: self.part,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Action;
+
+    fn reply_with(n: usize) -> Reply {
+        let records: Vec<RecordResult> = (0..n)
+            .map(|index| RecordResult {
+                index,
+                key: Some(format!("K{index}")),
+                id: Some(uuid::Uuid::now_v7()),
+                action: Action::Created,
+                version: Some(1),
+                errors: vec![],
+            })
+            .collect();
+        Reply {
+            batch_id: "b".into(),
+            correlation_id: Some("c".into()),
+            tenant: Some("t".into()),
+            dialect: Some("upsert-by-customer-id".into()),
+            status: BatchStatus::Completed,
+            counts: Counts::of(&records),
+            records,
+            response: serde_json::Value::Null,
+            error: None,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            part: Part::default(),
+        }
+    }
+
+    #[test]
+    fn a_small_reply_is_one_part() {
+        let parts = reply_with(3).into_parts(10);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].part, Part { index: 1, count: 1 });
+        assert_eq!(parts[0].records.len(), 3);
+    }
+
+    #[test]
+    fn a_large_reply_is_split_and_every_record_appears_once() {
+        let parts = reply_with(25).into_parts(10);
+        assert_eq!(parts.len(), 3);
+        let indexes: Vec<usize> = parts
+            .iter()
+            .flat_map(|p| p.records.iter().map(|r| r.index))
+            .collect();
+        assert_eq!(indexes, (0..25).collect::<Vec<_>>());
+        assert_eq!(parts[2].part, Part { index: 3, count: 3 });
+        assert_eq!(parts[2].counts.total, 25);
+        assert_eq!(parts[2].response["successful"].as_array().unwrap().len(), 5);
+    }
+}

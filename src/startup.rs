@@ -1,0 +1,156 @@
+//! Wiring: [`Application::build`] connects everything, [`Application::run_until_stopped`] runs it.
+//! The binary and the tests start the service through this same path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::amqp::consumer::Supervisor;
+use crate::config::Settings;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::relay::Relay;
+use crate::{http, store};
+
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    pool: PgPool,
+    metrics: Metrics,
+    health: Health,
+}
+
+impl Application {
+    /// Binds the HTTP port, creates the database if missing and applies migrations.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.http.addr)
+            .await
+            .with_context(|| format!("binding http.addr {}", settings.http.addr))?;
+        store::migrate(&settings.database).await?;
+        let pool = store::connect(&settings.database).await?;
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
+        Ok(Self {
+            settings,
+            listener,
+            pool,
+            metrics,
+            health,
+        })
+    }
+
+    /// The address `/metrics`, `/healthz` and `/readyz` answer on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Runs until `stop` is cancelled, then stops consuming, finishes the messages in hand (up to the
+    /// shutdown deadline), publishes the outbox and returns.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            listener,
+            pool,
+            metrics,
+            health,
+        } = self;
+        let relay_wakeup = Arc::new(Notify::new());
+        let (publisher_tx, publisher_rx) = watch::channel(None);
+        let pipeline = Arc::new(Pipeline::new(
+            pool.clone(),
+            settings.pipeline.clone(),
+            settings.amqp.clone(),
+            settings.database.retry_budget(),
+            metrics.clone(),
+            health.clone(),
+            relay_wakeup.clone(),
+        ));
+
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            http::router(metrics.clone(), health.clone()),
+            http_stop.clone(),
+        ));
+        let probe_stop = CancellationToken::new();
+        let probe_task = tokio::spawn(probe_database(
+            pool.clone(),
+            health.clone(),
+            probe_stop.clone(),
+        ));
+
+        let relay_stop = CancellationToken::new();
+        let relay_task = tokio::spawn(
+            Relay {
+                pool: pool.clone(),
+                settings: settings.relay.clone(),
+                exchange: settings.amqp.events_exchange.clone(),
+                metrics: metrics.clone(),
+                wakeup: relay_wakeup,
+                publisher: publisher_rx,
+            }
+            .run(relay_stop.clone()),
+        );
+
+        let tracker = TaskTracker::new();
+        let stopped = Supervisor {
+            settings: settings.amqp.clone(),
+            concurrency: settings.pipeline.concurrency,
+            pipeline,
+            health: health.clone(),
+            metrics: metrics.clone(),
+            publisher: publisher_tx,
+        }
+        .run(stop, tracker.clone())
+        .await;
+
+        tracker.close();
+        let deadline = settings.shutdown.deadline();
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = tracker.len(),
+                "shutdown deadline passed; unfinished messages are left for redelivery"
+            );
+        }
+        relay_stop.cancel();
+        if tokio::time::timeout(deadline, relay_task).await.is_err() {
+            tracing::warn!(
+                "outbox not flushed before the deadline; it is published on the next start"
+            );
+        }
+        stopped.close().await;
+        probe_stop.cancel();
+        http_stop.cancel();
+        let _ = probe_task.await;
+        let _ = http_task.await;
+        pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// While Postgres is marked unreachable, checks every second whether it is back.
+async fn probe_database(pool: PgPool, health: Health, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+        if !health.database_available() && sqlx::query("SELECT 1").execute(&pool).await.is_ok() {
+            health.set_database(true);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The set-based chunk upsert: one transaction per chunk writes the customers, their events and the
+//! chunk's results.
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::model::Action;
+
+/// One customer of a chunk: the producer's key and the customer document to store.
+pub struct ChunkRow {
+    pub key: String,
+    /// The customer document, serialized once by the pipeline and parsed once by Postgres.
+    pub data: String,
+}
+
+/// What the chunk did to one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub key: String,
+    pub id: Uuid,
+    pub version: i64,
+    pub action: Action,
+}
+
+/// Inserts new keys, updates changed ones (bumping `version`) and leaves unchanged ones alone, in one
+/// statement; writes an outbox event for every insert and real update in that same statement; records
+/// the chunk's results for `(tenant, batch_id, chunk_index)`; and commits.
+///
+/// A chunk whose results are already recorded (a redelivered batch, or the same batch being worked on
+/// by two processes at once) is not applied again: its recorded results are returned. The advisory
+/// lock makes the second worker wait for the first one's commit instead of racing it.
+///
+/// `rows` must hold each key once; they are applied in key order so that two chunks touching the same
+/// customers lock them in the same order.
+pub async fn apply_chunk(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
+    chunk_index: i32,
+    rows: &[ChunkRow],
+) -> Result<Vec<Applied>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let recorded: Option<sqlx::types::Json<Vec<Applied>>> = sqlx::query_scalar(
+        "WITH chunk_lock AS (
+             SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2 || chr(31) || $3, 0))
+         )
+         SELECT results FROM chunk_lock, batch_chunks
+         WHERE tenant = $1 AND batch_id = $2 AND chunk_index = $3::integer",
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .bind(chunk_index.to_string())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(recorded) = recorded {
+        tx.commit().await?;
+        return Ok(recorded.0);
+    }
+
+    let mut order: Vec<&ChunkRow> = rows.iter().collect();
+    order.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<&str> = order.iter().map(|row| row.key.as_str()).collect();
+    let data: Vec<&str> = order.iter().map(|row| row.data.as_str()).collect();
+    let new_ids: Vec<Uuid> = order.iter().map(|_| Uuid::now_v7()).collect();
+
+    let changed: Vec<(String, Uuid, i64)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[]) AS t(key, data, new_id)
+         ), upserted AS (
+             INSERT INTO customers AS c (id, tenant, key, version, data)
+             SELECT new_id, $1, key, 1, data::jsonb FROM input
+             ON CONFLICT (tenant, key) DO UPDATE
+                 SET data = EXCLUDED.data, version = c.version + 1, updated_at = now()
+                 WHERE c.data IS DISTINCT FROM EXCLUDED.data
+             RETURNING c.id, c.key, c.version, c.data, c.created_at, c.updated_at
+         ), events AS (
+             INSERT INTO outbox (event_id, routing_key, tenant, customer_id, version, batch_id, customer)
+             SELECT md5(id::text || ':' || version)::uuid,
+                    CASE WHEN version = 1 THEN 'customer.created' ELSE 'customer.updated' END,
+                    $1, id, version, $5,
+                    jsonb_build_object('id', id, 'tenant', $1::text, 'key', key, 'version', version,
+                                       'createdAt', created_at, 'updatedAt', updated_at) || data
+             FROM upserted
+         )
+         SELECT key, id, version FROM upserted",
+    )
+    .bind(tenant)
+    .bind(&keys)
+    .bind(&data)
+    .bind(&new_ids)
+    .bind(batch_id)
+    .fetch_all(&mut *tx)
+    .await?;
+
+    let mut applied: Vec<Applied> = changed
+        .into_iter()
+        .map(|(key, id, version)| Applied {
+            action: if version == 1 {
+                Action::Created
+            } else {
+                Action::Updated
+            },
+            key,
+            id,
+            version,
+        })
+        .collect();
+    if applied.len() < rows.len() {
+        // The rest matched a stored customer exactly; they are reported with its id and version.
+        let seen: std::collections::HashSet<&str> =
+            applied.iter().map(|a| a.key.as_str()).collect();
+        let unchanged: Vec<&str> = keys.iter().copied().filter(|k| !seen.contains(k)).collect();
+        let stored: Vec<(String, Uuid, i64)> = sqlx::query_as(
+            "SELECT key, id, version FROM customers WHERE tenant = $1 AND key = ANY($2::text[])",
+        )
+        .bind(tenant)
+        .bind(&unchanged)
+        .fetch_all(&mut *tx)
+        .await?;
+        applied.extend(stored.into_iter().map(|(key, id, version)| Applied {
+            key,
+            id,
+            version,
+            action: Action::Unchanged,
+        }));
+    }
+
+    sqlx::query(
+        "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, results) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .bind(chunk_index)
+    .bind(sqlx::types::Json(&applied))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(applied)
+}
