@@ -95,10 +95,10 @@ pub fn check_nesting(body: &str) -> Result<(), Rejection> {
 
 /// Parses a JSON body into its top-level array of raw records, borrowing from the body so that
 /// each record is decoded once, on its own, and one bad record cannot spoil the others.
-pub(crate) fn raw_records<'a>(
-    body: &'a str,
+pub(crate) fn raw_records(
+    body: &str,
     limits: Limits,
-) -> Result<Vec<&'a serde_json::value::RawValue>, Rejection> {
+) -> Result<Vec<&serde_json::value::RawValue>, Rejection> {
     let records: Vec<&serde_json::value::RawValue> =
         serde_json::from_str(body).map_err(|error| {
             let code = if error.is_data() {

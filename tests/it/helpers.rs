@@ -1,0 +1,406 @@
+//! A service started per test through `Application::build`, with its own queues and its own
+//! database, so tests run in parallel against the real RabbitMQ and Postgres.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use customer_ingest::config::Settings;
+use customer_ingest::startup::Application;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something the service should do within a second or two.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct TestApp {
+    pub settings: Settings,
+    pub http: SocketAddr,
+    pub pool: PgPool,
+    pub channel: Channel,
+    connection: Connection,
+    replies: Consumer,
+    events: Consumer,
+    events_queue: String,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Settings with names no other test uses.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::load(None).expect("default settings load");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let suffix = &id[..12];
+    let amqp = &mut settings.amqp;
+    amqp.url = amqp_url().into();
+    amqp.ingest_queue = format!("test.{suffix}.ingest");
+    amqp.dead_letter_exchange = format!("test.{suffix}.dlx");
+    amqp.dead_letter_queue = format!("test.{suffix}.dlq");
+    amqp.events_exchange = format!("test.{suffix}.events");
+    amqp.results_queue = format!("test.{suffix}.results");
+    settings.database.url = format!("{}/ingest_test_{suffix}", postgres_base()).into();
+    settings.http.addr = "127.0.0.1:0".parse().unwrap();
+    settings.shutdown.deadline_secs = 10;
+    settings.relay.poll_interval_ms = 200;
+    settings
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn postgres_base() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the service with `customize` applied to fresh test settings, and waits until it is
+    /// ready (consuming). Panics, naming the service, if RabbitMQ or Postgres cannot be reached.
+    pub async fn spawn_with(customize: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = test_settings();
+        customize(&mut settings);
+        let application = Application::build(settings.clone())
+            .await
+            .expect("the service starts: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
+        let http = application.http_addr();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(application.run_until_stopped(stop.clone()));
+
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ answers on 127.0.0.1:5672 (scripts/test.sh starts it)");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let pool = PgPool::connect(settings.database.url())
+            .await
+            .expect("the test database is reachable");
+
+        wait_until_ready(http).await;
+
+        // Everything the service publishes on the events exchange lands in this test's queue.
+        channel
+            .exchange_declare(
+                settings.amqp.events_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events_queue = format!("{}.observer", settings.amqp.events_exchange);
+        channel
+            .queue_declare(
+                events_queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                events_queue.as_str().into(),
+                settings.amqp.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events = consume(&connection, &events_queue).await;
+        let replies = consume(&connection, &settings.amqp.results_queue).await;
+
+        TestApp {
+            settings,
+            http,
+            pool,
+            channel,
+            connection,
+            replies,
+            events,
+            events_queue,
+            stop,
+            handle,
+        }
+    }
+
+    /// Publishes a body to the ingest queue as a producer would.
+    pub async fn publish(&self, message: Message<'_>) {
+        let mut headers = FieldTable::default();
+        if let Some(tenant) = message.tenant {
+            headers.insert(
+                "tenant".into(),
+                AMQPValue::LongString(LongString::from(tenant)),
+            );
+        }
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(dialect) = message.dialect {
+            properties = properties.with_type(dialect.into());
+        }
+        if let Some(id) = message.message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        if let Some(id) = message.correlation_id {
+            properties = properties.with_correlation_id(id.into());
+        }
+        if let Some(reply_to) = message.reply_to {
+            properties = properties.with_reply_to(reply_to.into());
+        }
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.settings.amqp.ingest_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                message.body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// The next reply on the default results queue, with its message properties.
+    pub async fn next_reply(&mut self) -> (Value, BasicProperties) {
+        next_json(&mut self.replies, "a reply").await
+    }
+
+    /// Exactly `n` events: waits for them, then checks that no more arrive.
+    pub async fn events(&mut self, n: usize) -> Vec<(Value, BasicProperties)> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(next_json(&mut self.events, "an event").await);
+        }
+        self.no_more_events().await;
+        events
+    }
+
+    /// Waits until the outbox is empty and checks that nothing more was published.
+    pub async fn no_more_events(&mut self) {
+        wait_for("the outbox to drain", || async {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            pending == 0
+        })
+        .await;
+        let extra = tokio::time::timeout(Duration::from_millis(300), self.events.next()).await;
+        if let Ok(Some(Ok(delivery))) = extra {
+            panic!(
+                "an unexpected event: {}",
+                String::from_utf8_lossy(&delivery.data)
+            );
+        }
+    }
+
+    /// Takes every message from the dead-letter queue.
+    pub async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                self.settings.amqp.dead_letter_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .unwrap()
+        {
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            messages.push(message.delivery);
+        }
+        messages
+    }
+
+    pub async fn customer(&self, tenant: &str, key: &str) -> Option<(uuid::Uuid, i64, Value)> {
+        sqlx::query_as("SELECT id, version, data FROM customers WHERE tenant = $1 AND key = $2")
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn customer_count(&self, tenant: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM customers WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the service as SIGTERM would, then removes the test's queues and database.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle
+            .await
+            .expect("the service task does not panic")
+            .expect("the service stops cleanly");
+        let amqp = &self.settings.amqp;
+        for queue in [
+            &amqp.ingest_queue,
+            &amqp.dead_letter_queue,
+            &amqp.results_queue,
+            &self.events_queue,
+        ] {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "test done".into()).await;
+        self.pool.close().await;
+        drop_database(&self.settings).await;
+    }
+}
+
+pub async fn drop_database(settings: &Settings) {
+    let url = settings.database.url();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    if let Ok(admin) = PgPool::connect(&format!("{}/postgres", postgres_base())).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+        admin.close().await;
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct Message<'a> {
+    pub body: &'a [u8],
+    pub dialect: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub message_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+}
+
+impl<'a> Message<'a> {
+    /// An `upsert-by-customer-id` message for `tenant`.
+    pub fn upsert(body: &'a [u8], tenant: &'a str, message_id: &'a str) -> Self {
+        Message {
+            body,
+            dialect: Some("upsert-by-customer-id"),
+            tenant: Some(tenant),
+            message_id: Some(message_id),
+            correlation_id: Some(message_id),
+            reply_to: None,
+        }
+    }
+}
+
+pub async fn consume(connection: &Connection, queue: &str) -> Consumer {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
+pub async fn next_json(consumer: &mut Consumer, what: &str) -> (Value, BasicProperties) {
+    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {what}"))
+        .expect("the consumer is open")
+        .expect("the delivery is readable");
+    let json = serde_json::from_slice(&delivery.data).expect("the message is JSON");
+    (json, delivery.properties)
+}
+
+async fn wait_until_ready(http: SocketAddr) {
+    wait_for("/readyz to answer 200", || async {
+        reqwest::get(format!("http://{http}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
+
+pub async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {PATIENCE:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `n` customers in the `upsert-by-customer-id` dialect, keys `{prefix}-0`.. with every field set.
+pub fn customers_body(prefix: &str, n: usize, name: &str) -> Vec<u8> {
+    let records: Vec<Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "customerID": format!("{prefix}-{i}"),
+                "customerName": format!("{name} {i}"),
+                "email": format!("c{i}@example.com"),
+                "phone": "555-0100",
+                "priceZone": i % 5,
+                "test": false,
+                "placeholder": false,
+                "street1": "1 Main St",
+                "city": "Springfield",
+                "state": "IL",
+                "zipCode": "62701",
+                "warehouseID": "W1",
+                "salesReps": ["R1"],
+                "orderingGroups": [{"orderingGroupID": "G1", "orderingSubGroups": [
+                    {"orderingGroupID": "G1a", "customers": [format!("{prefix}-{i}")]}]}],
+                "extra1": "x"
+            })
+        })
+        .collect();
+    serde_json::to_vec(&records).unwrap()
+}
