@@ -20,6 +20,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub dlq: DlqSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +81,11 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ShutdownSettings {
     pub deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DlqSettings {
+    pub max_replays: u32,
 }
 
 impl Settings {

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use customer_ingest::cli::{Cli, Command, migrate, publish, serve};
+use customer_ingest::cli::{Cli, Command, bench, dlq, migrate, publish, serve};
 use customer_ingest::config::Settings;
 
 #[tokio::main]
@@ -11,5 +11,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => serve::run(settings).await,
         Command::Migrate => migrate::run(settings).await,
         Command::Publish(args) => publish::run(settings, args).await,
+        Command::Dlq(command) => dlq::run(settings, command).await,
+        Command::Bench(args) => bench::run(settings, args).await,
     }
 }

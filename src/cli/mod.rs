@@ -1,5 +1,7 @@
 //! The command line: one subcommand per file, each with its options and an `async fn run`.
 
+pub mod bench;
+pub mod dlq;
 pub mod migrate;
 pub mod publish;
 pub mod serve;
@@ -31,6 +33,11 @@ pub enum Command {
     Migrate,
     /// Publish a payload file to the ingest queue (and, with --wait, print the reply).
     Publish(publish::Args),
+    /// Inspect, replay or purge the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(dlq::Command),
+    /// Measure throughput against the Postgres ceiling on this machine (prints one JSON object).
+    Bench(bench::Args),
 }
 
 #[cfg(test)]
