@@ -57,9 +57,12 @@ impl From<sqlx::Error> for BatchError {
 
 /// Header on a copy that was handed back to the queue during a database outage.
 pub const OUTAGE_REQUEUES_HEADER: &str = "outage-requeues";
-/// Headers on a dead-lettered message saying why this service refused it.
+/// Headers on a message this service dead-lettered: why (a code and a message), after how many
+/// deliveries, and when. Messages the broker dead-lettered itself carry `x-death` instead.
 pub const ERROR_CODE_HEADER: &str = "error-code";
 pub const ERROR_MESSAGE_HEADER: &str = "error-message";
+pub const ERROR_ATTEMPTS_HEADER: &str = "error-attempts";
+pub const DEAD_LETTERED_AT_HEADER: &str = "dead-lettered-at";
 
 /// The message properties the pipeline reads.
 #[derive(Debug, Clone)]
@@ -533,6 +536,14 @@ impl Pipeline {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(ERROR_CODE_HEADER.into(), long_string(rejection.code));
         headers.insert(ERROR_MESSAGE_HEADER.into(), long_string(&rejection.message));
+        headers.insert(
+            ERROR_ATTEMPTS_HEADER.into(),
+            AMQPValue::LongLongInt(delivery_attempt(delivery)),
+        );
+        headers.insert(
+            DEAD_LETTERED_AT_HEADER.into(),
+            long_string(&Utc::now().to_rfc3339()),
+        );
         publisher
             .publish(Outgoing {
                 exchange: &self.amqp.dead_letter_exchange,
@@ -592,6 +603,12 @@ impl Pipeline {
         self.metrics.requeued_for_outage.inc();
         Ok(())
     }
+}
+
+/// Which delivery of this message this is (1 for the first). Quorum queues count earlier deliveries
+/// in `x-delivery-count`.
+fn delivery_attempt(delivery: &Delivery) -> i64 {
+    header_i64(delivery.properties.headers(), "x-delivery-count").unwrap_or(0) + 1
 }
 
 fn long_string(value: &str) -> AMQPValue {
