@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+  cargo nextest run --workspace --all-targets --features failpoints --no-fail-fast "$@"
 else
-  cargo test --workspace --all-targets --no-fail-fast "$@"
+  # Without nextest every test shares one process, and with it the failure-point configuration.
+  cargo test --workspace --all-targets --features failpoints --no-fail-fast "$@" -- --test-threads=1
 fi

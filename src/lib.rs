@@ -22,6 +22,7 @@ pub mod amqp;
 pub mod cli;
 pub mod config;
 pub mod dialect;
+pub mod failpoints;
 pub mod health;
 pub mod http;
 pub mod metrics;

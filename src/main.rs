@@ -5,6 +5,9 @@ use customer_ingest::config::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // With the `failpoints` feature, FAILPOINTS=name=action;... switches failure points on.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub database_unavailable: IntGauge,
     /// Messages handed back to the queue as fresh copies because Postgres stayed unreachable.
     pub requeued_for_outage: IntCounter,
+    /// Deliveries of messages moved back from the dead-letter queue by `dlq replay`.
+    pub replays: IntCounter,
 }
 
 impl Metrics {
@@ -138,6 +140,11 @@ impl Metrics {
                 "Messages handed back to the queue because Postgres stayed unreachable.",
             )
             .unwrap(),
+            replays: IntCounter::new(
+                "replays_total",
+                "Deliveries of messages replayed from the dead-letter queue.",
+            )
+            .unwrap(),
             registry,
         };
         metrics.register_all();
@@ -161,6 +168,7 @@ impl Metrics {
             Box::new(self.reconnects.clone()),
             Box::new(self.database_unavailable.clone()),
             Box::new(self.requeued_for_outage.clone()),
+            Box::new(self.replays.clone()),
         ];
         for collector in collectors {
             self.registry

@@ -8,7 +8,7 @@ use backon::Retryable;
 use chrono::Utc;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -39,10 +39,12 @@ pub enum BatchError {
     /// the broker redelivers it; everything already committed is found again, not applied twice.
     #[error("broker failure")]
     Broker(#[source] anyhow::Error),
-    /// Postgres refused a bookkeeping statement for a reason retrying does not fix. The message stays
-    /// unacknowledged; if the fault persists, the delivery limit moves it to the dead-letter queue.
-    #[error("database error")]
-    Storage(#[source] sqlx::Error),
+    /// Processing failed for a reason that retrying at once does not fix (Postgres refused a
+    /// bookkeeping statement, say). The message is requeued with a reject, which counts against its
+    /// delivery limit; on its last allowed delivery it is dead-lettered with this error, so a poison
+    /// message ends in the dead-letter queue with its reason instead of looping.
+    #[error("processing failed: {0:#}")]
+    Failed(anyhow::Error),
 }
 
 impl From<sqlx::Error> for BatchError {
@@ -50,13 +52,15 @@ impl From<sqlx::Error> for BatchError {
         if store::is_transient(&error) {
             BatchError::DatabaseUnavailable(error)
         } else {
-            BatchError::Storage(error)
+            BatchError::Failed(anyhow::Error::new(error).context("database"))
         }
     }
 }
 
 /// Header on a copy that was handed back to the queue during a database outage.
 pub const OUTAGE_REQUEUES_HEADER: &str = "outage-requeues";
+/// Header on a message moved back from the dead-letter queue by `dlq replay`.
+pub const REPLAY_COUNT_HEADER: &str = "replay-count";
 /// Headers on a message this service dead-lettered: why (a code and a message), after how many
 /// deliveries, and when. Messages the broker dead-lettered itself carry `x-death` instead.
 pub const ERROR_CODE_HEADER: &str = "error-code";
@@ -138,6 +142,9 @@ impl Pipeline {
         if delivery.redelivered {
             self.metrics.redeliveries.inc();
         }
+        if header_i64(delivery.properties.headers(), REPLAY_COUNT_HEADER).is_some() {
+            self.metrics.replays.inc();
+        }
         let envelope = Envelope::read(&delivery.properties, &delivery.data);
         let span = tracing::Span::current();
         span.record("batch_id", envelope.batch_id.as_str());
@@ -155,6 +162,7 @@ impl Pipeline {
 
         let outcome = match self.process(&envelope, &delivery.data, started_at).await {
             Ok(reply) => {
+                fail::fail_point!("batch-before-reply", |_| crate::failpoints::crash());
                 let outcome = reply.status.as_str();
                 self.send_reply(publisher, &envelope, reply)
                     .await
@@ -170,11 +178,12 @@ impl Pipeline {
                     .await
                     .map(|()| "requeued")
             }
-            Err(error @ (BatchError::Broker(_) | BatchError::Storage(_))) => Err(error),
+            Err(error @ (BatchError::Broker(_) | BatchError::Failed(_))) => Err(error),
         };
 
         match outcome {
             Ok(outcome) => {
+                fail::fail_point!("batch-before-ack", |_| crate::failpoints::crash());
                 self.ack(&delivery).await;
                 self.metrics
                     .messages
@@ -186,10 +195,50 @@ impl Pipeline {
                     .observe(started.elapsed().as_secs_f64());
             }
             Err(error) => {
-                tracing::error!(error = ?error, "message not finished; left unacknowledged for redelivery");
+                let outcome = self.give_back(publisher, &delivery, &envelope, error).await;
+                self.metrics
+                    .messages
+                    .with_label_values(&[dialect_label, outcome])
+                    .inc();
             }
         }
         self.metrics.in_flight.dec();
+    }
+
+    /// A message that did not finish goes back to the queue to be tried again, counting one delivery;
+    /// on its last allowed delivery it is dead-lettered with the error instead.
+    async fn give_back(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        error: BatchError,
+    ) -> &'static str {
+        let attempt = delivery_attempt(delivery);
+        tracing::error!(error = ?error, attempt, "message not finished");
+        if let BatchError::Failed(cause) = &error
+            && attempt >= i64::from(self.amqp.delivery_limit)
+        {
+            let rejection = Rejection::new("processing_failed", format!("{cause:#}"));
+            match self
+                .reject(publisher, delivery, envelope, rejection, Utc::now())
+                .await
+            {
+                Ok(()) => {
+                    self.ack(delivery).await;
+                    return "dead_lettered";
+                }
+                Err(error) => tracing::error!(error = ?error, "dead-lettering failed"),
+            }
+        }
+        // `reject`, not `nack`: RabbitMQ 4.3+ counts only a reject against the delivery limit, and
+        // both count on earlier versions. If the channel is gone this does nothing: the broker has
+        // already requeued the message.
+        let options = BasicRejectOptions { requeue: true };
+        if let Err(error) = delivery.acker.reject(options).await {
+            tracing::warn!(error = %error, "requeue failed; the broker requeues the message when the channel closes");
+        }
+        "retried"
     }
 
     async fn ack(&self, delivery: &Delivery) {
@@ -264,6 +313,12 @@ impl Pipeline {
             });
         }
 
+        #[cfg(feature = "failpoints")]
+        if fail::eval("batch-poison", |poisoned| poisoned).flatten()
+            == Some(envelope.batch_id.clone())
+        {
+            return Err(BatchError::Failed(anyhow::anyhow!("injected failure")));
+        }
         let text = std::str::from_utf8(body).map_err(|error| {
             BatchError::Rejected(Rejection::new(
                 "invalid_utf8",
@@ -375,6 +430,7 @@ impl Pipeline {
                 .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(results) => {
+                    fail::fail_point!("chunk-after-commit", |_| crate::failpoints::crash());
                     self.relay.notify_one();
                     applied.extend(results.into_iter().map(|a| (a.key.clone(), a)));
                 }

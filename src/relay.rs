@@ -98,13 +98,14 @@ impl Relay {
             })
             .collect();
         let count = messages.len();
+        fail::fail_point!("relay-before-publish", |_| crate::failpoints::crash());
         if let Err(error) = publisher.publish_all(&messages).await {
             // The claim is rolled back: the same events, with the same ids, go out on the next try.
             tracing::warn!(error = ?error, "publishing events failed; will retry");
             tokio::time::sleep(Duration::from_millis(500)).await;
             return false;
         }
-        fail::fail_point!("relay-after-publish", |_| false);
+        fail::fail_point!("relay-after-publish", |_| crate::failpoints::crash());
         if let Err(error) = claim.finish().await {
             // Published but not marked done: they are published again later, under the same ids.
             tracing::warn!(error = %error, "marking events published failed; they will be published again");

@@ -56,6 +56,19 @@ pub fn find(name: &str) -> Option<&'static dyn Dialect> {
         .find(|dialect| dialect.name() == name)
 }
 
+/// Tells a body that is not JSON at all from JSON of the wrong shape. Only runs on the error path.
+pub(crate) fn invalid_body(body: &str, error: &serde_json::Error) -> Rejection {
+    let is_json = serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok();
+    if error.is_data() && is_json {
+        Rejection::new(
+            "invalid_body",
+            format!("the body does not have the dialect's shape: {error}"),
+        )
+    } else {
+        Rejection::new("invalid_json", format!("the body is not JSON: {error}"))
+    }
+}
+
 /// Deepest nesting of arrays and objects a body may have. The bodies of every dialect need fewer than
 /// ten levels; the limit keeps a hostile body from costing deep recursion anywhere downstream.
 pub const MAX_NESTING: usize = 32;
@@ -100,17 +113,7 @@ pub(crate) fn raw_records(
     limits: Limits,
 ) -> Result<Vec<&serde_json::value::RawValue>, Rejection> {
     let records: Vec<&serde_json::value::RawValue> =
-        serde_json::from_str(body).map_err(|error| {
-            let code = if error.is_data() {
-                "invalid_body"
-            } else {
-                "invalid_json"
-            };
-            Rejection::new(
-                code,
-                format!("the body is not a JSON array of records: {error}"),
-            )
-        })?;
+        serde_json::from_str(body).map_err(|error| invalid_body(body, &error))?;
     if records.len() > limits.max_records {
         return Err(Rejection::new(
             "too_many_records",

@@ -135,6 +135,7 @@ pub async fn apply_chunk(
     .bind(sqlx::types::Json(&applied))
     .execute(&mut *tx)
     .await?;
+    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
     tx.commit().await?;
     Ok(applied)
 }

@@ -30,8 +30,36 @@ pub struct TestApp {
     replies: Consumer,
     events: Consumer,
     events_queue: String,
+    workers: Vec<InProcessWorker>,
+}
+
+/// A worker running inside the test process, started through `Application::build`.
+pub struct InProcessWorker {
+    pub http: SocketAddr,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessWorker {
+    pub async fn start(settings: &Settings) -> Self {
+        let application = Application::build(settings.clone())
+            .await
+            .expect("the service starts: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
+        let http = application.http_addr();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(application.run_until_stopped(stop.clone()));
+        wait_until_ready(http).await;
+        InProcessWorker { http, stop, handle }
+    }
+
+    /// Stops the worker as SIGTERM would and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle
+            .await
+            .expect("the service task does not panic")
+            .expect("the service stops cleanly");
+    }
 }
 
 /// Settings with names no other test uses.
@@ -71,14 +99,21 @@ impl TestApp {
     /// Starts the service with `customize` applied to fresh test settings, and waits until it is
     /// ready (consuming). Panics, naming the service, if RabbitMQ or Postgres cannot be reached.
     pub async fn spawn_with(customize: impl FnOnce(&mut Settings)) -> Self {
+        let mut app = Self::without_worker(customize).await;
+        let worker = InProcessWorker::start(&app.settings).await;
+        app.http = worker.http;
+        app.workers.push(worker);
+        app
+    }
+
+    /// Queues, exchanges, database and observers, but no worker: for tests that run the service as
+    /// a separate process.
+    pub async fn without_worker(customize: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = test_settings();
         customize(&mut settings);
-        let application = Application::build(settings.clone())
+        customer_ingest::store::migrate(&settings.database)
             .await
-            .expect("the service starts: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
-        let http = application.http_addr();
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(application.run_until_stopped(stop.clone()));
+            .expect("the test database is created: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
 
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
@@ -88,11 +123,12 @@ impl TestApp {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
+        customer_ingest::amqp::topology::declare(&channel, &settings.amqp)
+            .await
+            .expect("the topology is declared");
         let pool = PgPool::connect(settings.database.url())
             .await
             .expect("the test database is reachable");
-
-        wait_until_ready(http).await;
 
         // Everything the service publishes on the events exchange lands in this test's queue.
         channel
@@ -134,15 +170,14 @@ impl TestApp {
 
         TestApp {
             settings,
-            http,
+            http: "127.0.0.1:9".parse().unwrap(),
             pool,
             channel,
             connection,
             replies,
             events,
             events_queue,
-            stop,
-            handle,
+            workers: Vec::new(),
         }
     }
 
@@ -268,13 +303,50 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Stops the service as SIGTERM would, then removes the test's queues and database.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        self.handle
+    /// Starts one more in-process worker on the same queues and database.
+    pub async fn add_worker(&mut self) {
+        let worker = InProcessWorker::start(&self.settings).await;
+        self.workers.push(worker);
+    }
+
+    /// The next reply, if one arrives within `wait`.
+    pub async fn reply_within(&mut self, wait: Duration) -> Option<Value> {
+        match tokio::time::timeout(wait, self.replies.next()).await {
+            Ok(Some(Ok(delivery))) => Some(serde_json::from_slice(&delivery.data).unwrap()),
+            _ => None,
+        }
+    }
+
+    /// Every event that arrives until none has for `quiet`.
+    pub async fn drain_events(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut events = Vec::new();
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.events.next()).await {
+            events.push(serde_json::from_slice(&delivery.data).unwrap());
+        }
+        events
+    }
+
+    /// Messages waiting in a queue.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
-            .expect("the service task does not panic")
-            .expect("the service stops cleanly");
+            .unwrap()
+            .message_count()
+    }
+
+    /// Stops the workers as SIGTERM would, then removes the test's queues and database.
+    pub async fn stop(mut self) {
+        for worker in self.workers.drain(..) {
+            worker.stop().await;
+        }
         let amqp = &self.settings.amqp;
         for queue in [
             &amqp.ingest_queue,
@@ -403,4 +475,81 @@ pub fn customers_body(prefix: &str, n: usize, name: &str) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&records).unwrap()
+}
+
+/// The service as its own process (the binary built for these tests), configured for `settings`.
+/// `failpoints` switches failure points on (see src/failpoints.rs), e.g. `chunk-after-commit=return`.
+pub fn spawn_worker_process(
+    settings: &Settings,
+    failpoints: Option<&str>,
+) -> tokio::process::Child {
+    let amqp = &settings.amqp;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_customer-ingest"));
+    command
+        .arg("serve")
+        .env("INGEST__AMQP__URL", amqp.url())
+        .env("INGEST__AMQP__INGEST_QUEUE", &amqp.ingest_queue)
+        .env(
+            "INGEST__AMQP__DEAD_LETTER_EXCHANGE",
+            &amqp.dead_letter_exchange,
+        )
+        .env("INGEST__AMQP__DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
+        .env("INGEST__AMQP__EVENTS_EXCHANGE", &amqp.events_exchange)
+        .env("INGEST__AMQP__RESULTS_QUEUE", &amqp.results_queue)
+        .env(
+            "INGEST__AMQP__DELIVERY_LIMIT",
+            amqp.delivery_limit.to_string(),
+        )
+        .env("INGEST__DATABASE__URL", settings.database.url())
+        .env(
+            "INGEST__DATABASE__LOCK_TIMEOUT_MS",
+            settings.database.lock_timeout_ms.to_string(),
+        )
+        .env(
+            "INGEST__DATABASE__RETRY_BUDGET_SECS",
+            settings.database.retry_budget_secs.to_string(),
+        )
+        .env(
+            "INGEST__PIPELINE__CHUNK_SIZE",
+            settings.pipeline.chunk_size.to_string(),
+        )
+        .env(
+            "INGEST__PIPELINE__CONCURRENCY",
+            settings.pipeline.concurrency.to_string(),
+        )
+        .env(
+            "INGEST__RELAY__POLL_INTERVAL_MS",
+            settings.relay.poll_interval_ms.to_string(),
+        )
+        .env(
+            "INGEST__SHUTDOWN__DEADLINE_SECS",
+            settings.shutdown.deadline_secs.to_string(),
+        )
+        .env("INGEST__HTTP__ADDR", "127.0.0.1:0")
+        .env("INGEST__LOG__LEVEL", "warn")
+        .kill_on_drop(true);
+    match failpoints {
+        Some(failpoints) => command.env("FAILPOINTS", failpoints),
+        None => command.env_remove("FAILPOINTS"),
+    };
+    command.spawn().expect("the service binary starts")
+}
+
+/// Sends SIGTERM to a worker process and waits for it to exit.
+pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    signal(child, "TERM");
+    tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("the worker exits after SIGTERM")
+        .unwrap()
+}
+
+/// Sends a signal (`TERM`, `KILL`...) to a worker process.
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("the worker is running");
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
 }

@@ -1,0 +1,21 @@
+//! Failure injection for tests. Built with `--features failpoints`, the named points below can be
+//! switched on through the `FAILPOINTS` environment variable (e.g. `FAILPOINTS=chunk-after-commit=return`)
+//! or `fail::cfg`; without the feature they compile to nothing.
+//!
+//! | point | where |
+//! | --- | --- |
+//! | `chunk-before-commit` | a chunk is written but its transaction not committed |
+//! | `chunk-after-commit` | a chunk committed, the next one not started |
+//! | `batch-before-reply` | the batch is stored as completed, its reply not published |
+//! | `batch-before-ack` | the reply is confirmed, the delivery not acknowledged |
+//! | `relay-before-publish` | events are claimed from the outbox, not published |
+//! | `relay-after-publish` | events are confirmed by the broker, not yet marked done |
+//! | `batch-poison` | every delivery of the batch whose id is the point's argument fails |
+//!
+//! All but the last stop the process on the spot.
+
+/// Ends the process at once, as `kill -9` would: no destructors, no graceful shutdown, connections
+/// dropped by the kernel.
+pub fn crash() -> ! {
+    std::process::abort()
+}
