@@ -34,6 +34,7 @@ pub struct AmqpSettings {
     pub results_queue: String,
     pub delivery_limit: u32,
     pub prefetch: u16,
+    pub recovery_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +156,10 @@ impl Settings {
 impl AmqpSettings {
     pub fn url(&self) -> &str {
         self.url.expose_secret()
+    }
+
+    pub fn recovery_timeout(&self) -> Duration {
+        Duration::from_secs(self.recovery_timeout_secs)
     }
 }
 

@@ -235,14 +235,23 @@ impl Pipeline {
         // both count on earlier versions. If the channel is gone this does nothing: the broker has
         // already requeued the message.
         let options = BasicRejectOptions { requeue: true };
-        if let Err(error) = delivery.acker.reject(options).await {
+        let rejected =
+            tokio::time::timeout(Duration::from_secs(10), delivery.acker.reject(options)).await;
+        if let Ok(Err(error)) = rejected {
             tracing::warn!(error = %error, "requeue failed; the broker requeues the message when the channel closes");
         }
         "retried"
     }
 
     async fn ack(&self, delivery: &Delivery) {
-        match delivery.acker.ack(BasicAckOptions::default()).await {
+        // An acknowledgement owed to a connection that is gone may never be answered.
+        let acked = tokio::time::timeout(
+            Duration::from_secs(10),
+            delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|_| Ok(false));
+        match acked {
             Ok(true) => {}
             // The delivery belongs to a connection that has since been replaced: the broker has
             // requeued it and will deliver it again, and that delivery finds the batch completed.

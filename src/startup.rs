@@ -142,15 +142,24 @@ impl Application {
     }
 }
 
-/// While Postgres is marked unreachable, checks every second whether it is back.
+/// Checks every second that Postgres answers, so that readiness and the consumer's gate follow an
+/// outage even while no message is in hand. A pool that is merely busy is not an outage.
 async fn probe_database(pool: PgPool, health: Health, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = stop.cancelled() => return,
         }
-        if !health.database_available() && sqlx::query("SELECT 1").execute(&pool).await.is_ok() {
-            health.set_database(true);
+        let probe = tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await;
+        match probe {
+            Ok(Ok(_)) => health.set_database(true),
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {}
+            Ok(Err(error)) if store::is_unreachable(&error) => health.set_database(false),
+            Ok(Err(_)) => {}
         }
     }
 }

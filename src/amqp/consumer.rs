@@ -48,9 +48,9 @@ impl Supervisor {
     pub async fn run(self, stop: CancellationToken, tracker: TaskTracker) -> Stopped {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut delay = Duration::from_millis(500);
-        let mut first = true;
+        let mut sessions = 0u64;
         loop {
-            match self.session(&stop, &tracker, &permits).await {
+            match self.session(&stop, &tracker, &permits, &mut sessions).await {
                 Ok(connection) => {
                     return Stopped {
                         connection: Some(connection),
@@ -59,13 +59,10 @@ impl Supervisor {
                 Err(error) => {
                     self.health.set_broker(false);
                     self.publisher.send_replace(None);
-                    if !first {
-                        self.metrics.reconnects.with_label_values(&["amqp"]).inc();
-                    }
+
                     tracing::error!(error = ?error, retry_in = ?delay, "RabbitMQ session lost; building a new one");
                 }
             }
-            first = false;
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return Stopped { connection: None },
@@ -79,6 +76,7 @@ impl Supervisor {
         stop: &CancellationToken,
         tracker: &TaskTracker,
         permits: &Arc<Semaphore>,
+        sessions: &mut u64,
     ) -> anyhow::Result<lapin::Connection> {
         let connection = tokio::select! {
             connection = connect(self.settings.url(), "customer-ingest") => connection?,
@@ -95,7 +93,9 @@ impl Supervisor {
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await
             .context("setting the prefetch")?;
-        let publisher = Publisher::open(&connection).await?;
+        let publisher = Publisher::open(&connection)
+            .await?
+            .with_patience(self.settings.recovery_timeout());
         self.publisher.send_replace(Some(publisher.clone()));
         let mut consumer = channel
             .basic_consume(
@@ -107,8 +107,51 @@ impl Supervisor {
             .await
             .context("starting the consumer")?;
         self.health.set_broker(true);
+        *sessions += 1;
+        if *sessions > 1 {
+            self.metrics.reconnects.with_label_values(&["amqp"]).inc();
+        }
         tracing::info!(queue = %self.settings.ingest_queue, "consuming");
 
+        let consumed = self
+            .consume(
+                &connection,
+                &channel,
+                &mut consumer,
+                &publisher,
+                stop,
+                tracker,
+                permits,
+            )
+            .await;
+        // No new deliveries; the ones prefetched but not started return to the queue when the
+        // channel closes. The connection stays open for the messages in hand to finish.
+        let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), cancel).await {
+            tracing::warn!(error = %error, "cancelling the consumer failed");
+        }
+        consumed.map(|()| connection)
+    }
+
+    /// Takes deliveries until `stop`, or until the connection is lost for good.
+    #[allow(clippy::too_many_arguments)]
+    async fn consume(
+        &self,
+        connection: &lapin::Connection,
+        channel: &lapin::Channel,
+        consumer: &mut lapin::Consumer,
+        publisher: &Publisher,
+        stop: &CancellationToken,
+        tracker: &TaskTracker,
+        permits: &Arc<Semaphore>,
+    ) -> anyhow::Result<()> {
+        let lost = connection_lost(
+            connection,
+            &self.health,
+            &self.metrics,
+            self.settings.recovery_timeout(),
+        );
+        tokio::pin!(lost);
         loop {
             // While Postgres is unreachable no message is taken: they stay with the broker (or in
             // the prefetch buffer, unacknowledged) instead of failing one after another.
@@ -116,27 +159,30 @@ impl Supervisor {
                 tokio::select! {
                     () = self.health.database_back() => {}
                     () = stop.cancelled() => break,
+                    () = &mut lost => bail!("the connection to RabbitMQ did not recover"),
                 }
             }
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 () = stop.cancelled() => break,
+                () = &mut lost => bail!("the connection to RabbitMQ did not recover"),
             };
             let next = tokio::select! {
                 next = consumer.next() => next,
                 () = stop.cancelled() => break,
+                () = &mut lost => bail!("the connection to RabbitMQ did not recover"),
             };
             match next {
                 None => bail!("the broker cancelled the consumer"),
                 Some(Err(error)) => {
                     self.health.set_broker(false);
                     tracing::warn!(error = %error, "RabbitMQ connection lost; waiting for recovery");
-                    channel
-                        .wait_for_recovery(error)
-                        .await
-                        .context("connection recovery gave up")?;
-                    self.metrics.reconnects.with_label_values(&["amqp"]).inc();
-                    self.health.set_broker(true);
+                    tokio::select! {
+                        recovered = channel.wait_for_recovery(error) => {
+                            recovered.context("connection recovery gave up")?;
+                        }
+                        () = &mut lost => bail!("the connection to RabbitMQ did not recover"),
+                    }
                     tracing::info!("RabbitMQ connection recovered");
                 }
                 Some(Ok(delivery)) => {
@@ -150,14 +196,40 @@ impl Supervisor {
             }
         }
 
-        // No new deliveries; the ones prefetched but not started return to the queue when the
-        // channel closes. The connection stays open for the messages in hand to finish.
-        if let Err(error) = channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::warn!(error = %error, "cancelling the consumer failed");
+        Ok(())
+    }
+}
+
+/// Resolves once the connection has been down for longer than `timeout`; meanwhile keeps readiness in
+/// step with it. lapin's recovery can stall (a reconnect racing operations in flight); past this
+/// point the session is given up and built anew.
+async fn connection_lost(
+    connection: &lapin::Connection,
+    health: &Health,
+    metrics: &Metrics,
+    timeout: Duration,
+) {
+    let mut down_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let connected = connection.status().connected();
+        health.set_broker(connected);
+        if connected {
+            if down_since.take().is_some() {
+                metrics.reconnects.with_label_values(&["amqp"]).inc();
+                tracing::info!("RabbitMQ connection recovered");
+            }
+            continue;
         }
-        Ok(connection)
+        let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= timeout {
+            tracing::warn!(down_for = ?since.elapsed(), "RabbitMQ connection not recovered; giving it up");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                connection.close(320, "recovery took too long".into()),
+            )
+            .await;
+            return;
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Publishing with publisher confirms: a message counts as sent only once the broker has confirmed it.
 
-use anyhow::{Context, bail};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use lapin::{Confirmation, PublisherConfirm};
@@ -27,7 +29,12 @@ pub enum Delivered {
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// Bounds both the wait for the connection to recover and the wait for confirms: a confirm
+    /// owed by a connection that is gone may never arrive.
+    patience: Duration,
 }
+
+const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How many times one publish waits for the connection to recover before giving up.
 const RECOVERY_ATTEMPTS: usize = 3;
@@ -42,7 +49,16 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .context("enabling publisher confirms")?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            patience: DEFAULT_PATIENCE,
+        })
+    }
+
+    /// How long a publish waits for recovery or confirms before it fails.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Publishes one message and waits for its confirm; a broker nack is an error.
@@ -57,14 +73,22 @@ impl Publisher {
     pub async fn publish_all(&self, messages: &[Outgoing<'_>]) -> anyhow::Result<Vec<Delivered>> {
         let mut attempt = 0;
         loop {
-            match self.try_publish_all(messages).await {
+            let attempted = tokio::time::timeout(self.patience, self.try_publish_all(messages))
+                .await
+                .map_err(|_| anyhow!("no publisher confirm within {:?}", self.patience))?;
+            match attempted {
                 Ok(confirmations) => return confirmations.into_iter().map(delivered).collect(),
                 Err(error) if attempt < RECOVERY_ATTEMPTS => {
                     attempt += 1;
                     tracing::warn!(error = %error, "publish failed; waiting for the connection to recover");
-                    self.channel
-                        .wait_for_recovery(error)
+                    tokio::time::timeout(self.patience, self.channel.wait_for_recovery(error))
                         .await
+                        .map_err(|_| {
+                            anyhow!(
+                                "the connection to RabbitMQ did not recover within {:?}",
+                                self.patience
+                            )
+                        })?
                         .context("the connection to RabbitMQ did not recover")?;
                 }
                 Err(error) => return Err(error).context("publishing to RabbitMQ"),

@@ -81,6 +81,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
 
     Publisher::open(&connection)
         .await?
+        .with_patience(settings.amqp.recovery_timeout())
         .publish(Outgoing {
             exchange: "",
             routing_key: &settings.amqp.ingest_queue,

@@ -33,27 +33,6 @@ async fn assert_customers_at_version(app: &TestApp, tenant: &str, n: usize, vers
     );
 }
 
-/// Every event after the outbox drained; checks each change was published under one stable id.
-async fn distinct_events(app: &mut TestApp) -> HashMap<String, Value> {
-    wait_for("the outbox to drain", || async {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        pending == 0
-    })
-    .await;
-    let mut distinct = HashMap::new();
-    for event in app.drain_events(Duration::from_secs(1)).await {
-        let id = event["event_id"].as_str().unwrap().to_owned();
-        if let Some(seen) = distinct.get(&id) {
-            assert_eq!(seen, &event, "a re-published event is the same event");
-        }
-        distinct.insert(id, event);
-    }
-    distinct
-}
-
 fn failpoints_compiled_in() {
     assert!(
         cfg!(feature = "failpoints"),
@@ -102,7 +81,7 @@ async fn a_worker_killed_at(failpoint: &str) {
     );
 
     assert_customers_at_version(&app, "acme", 150, 1).await;
-    let events = distinct_events(&mut app).await;
+    let events = app.distinct_events().await;
     assert_eq!(events.len(), 150, "one event per created customer");
     assert!(events.values().all(|e| e["type"] == "customer.created"));
 
@@ -383,7 +362,7 @@ async fn a_worker_stopped_during_a_100000_customer_batch_finishes_it_or_leaves_i
     };
     assert_eq!(reply["counts"]["created"], 100_000);
     assert_customers_at_version(&app, "acme", 100_000, 1).await;
-    assert_eq!(distinct_events(&mut app).await.len(), 100_000);
+    assert_eq!(app.distinct_events().await.len(), 100_000);
     assert!(terminate(&mut next).await.success());
     app.stop().await;
 }
@@ -528,6 +507,6 @@ async fn database_connections_killed_mid_chunk_are_retried_and_every_batch_compl
     assert!(versions.iter().all(|v| *v == 1));
     // A relay whose connection was killed after the broker confirmed its events publishes them
     // again: at least once, under the same ids.
-    assert_eq!(distinct_events(&mut app).await.len(), 5000);
+    assert_eq!(app.distinct_events().await.len(), 5000);
     app.stop().await;
 }

@@ -1,6 +1,7 @@
 //! A service started per test through `Application::build`, with its own queues and its own
 //! database, so tests run in parallel against the real RabbitMQ and Postgres.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub struct InProcessWorker {
 
 impl InProcessWorker {
     pub async fn start(settings: &Settings) -> Self {
+        // Warnings and errors of the service show in a failing test's output.
+        let mut log = settings.log.clone();
+        log.level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        customer_ingest::telemetry::init(&log);
         let application = Application::build(settings.clone())
             .await
             .expect("the service starts: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
@@ -235,6 +240,28 @@ impl TestApp {
         events
     }
 
+    /// Every event, once the outbox has drained, by event id. Events are published at least once:
+    /// after a fault an event may arrive twice, but always under the same id with the same body.
+    pub async fn distinct_events(&mut self) -> HashMap<String, Value> {
+        wait_for("the outbox to drain", || async {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            pending == 0
+        })
+        .await;
+        let mut distinct = HashMap::new();
+        for event in self.drain_events(Duration::from_secs(1)).await {
+            let id = event["event_id"].as_str().unwrap().to_owned();
+            if let Some(seen) = distinct.get(&id) {
+                assert_eq!(seen, &event, "a re-published event is the same event");
+            }
+            distinct.insert(id, event);
+        }
+        distinct
+    }
+
     /// Waits until the outbox is empty and checks that nothing more was published.
     pub async fn no_more_events(&mut self) {
         wait_for("the outbox to drain", || async {
@@ -347,19 +374,36 @@ impl TestApp {
         for worker in self.workers.drain(..) {
             worker.stop().await;
         }
-        let amqp = &self.settings.amqp;
-        for queue in [
-            &amqp.ingest_queue,
-            &amqp.dead_letter_queue,
-            &amqp.results_queue,
-            &self.events_queue,
-        ] {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
+        // A fresh connection: the test's own may have died with a broker restart.
         let _ = self.connection.close(200, "test done".into()).await;
+        if let Ok(connection) =
+            Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            && let Ok(channel) = connection.create_channel().await
+        {
+            let amqp = &self.settings.amqp;
+            let durable_observers = [
+                format!("{}.durable-observer", amqp.events_exchange),
+                format!("{}.durable", amqp.results_queue),
+            ];
+            for queue in [
+                &amqp.ingest_queue,
+                &amqp.dead_letter_queue,
+                &amqp.results_queue,
+                &self.events_queue,
+                &durable_observers[0],
+                &durable_observers[1],
+            ] {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in [&amqp.events_exchange, &amqp.dead_letter_exchange] {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), Default::default())
+                    .await;
+            }
+            let _ = connection.close(200, "cleaned up".into()).await;
+        }
         self.pool.close().await;
         drop_database(&self.settings).await;
     }

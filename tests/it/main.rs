@@ -1,5 +1,7 @@
 //! Integration tests: one binary, against the real RabbitMQ and Postgres (see scripts/test.sh).
 
 mod cli;
+mod disruptive;
+mod faults;
 mod helpers;
 mod pipeline;
