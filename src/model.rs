@@ -44,6 +44,81 @@ pub struct Customer {
     /// Free-form fields a producer carries through (`extra1`..`extra5`), by name.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
     pub extra: std::collections::BTreeMap<String, String>,
+
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub middle_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abbreviation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
+    /// `YYYY-MM-DD`. Personal data: stored and carried by events, never logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date_of_birth: Option<String>,
+    /// `M`, `F` or `U`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    /// Personal data: stored and carried by events, never logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mobile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debtor_id: Option<i64>,
+    /// The key of the parent customer (same tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Typed attributes, at most one per name.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub attributes: Vec<Attribute>,
+    /// Addresses, each with a `type` (delivery, invoice); at most one default per type.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub addresses: Vec<TypedAddress>,
+    /// The billing account created with the customer (`add-with-accounts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<serde_json::Value>,
+    /// The customer whose account this one is billed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bill_to_customer_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ship_to: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attribute {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `None` once the value was removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// An address with its role, as the `upsert-by-id` API keeps them. Fields stay as the API names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypedAddress {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub is_default: bool,
+    #[serde(flatten)]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,6 +134,9 @@ pub struct Address {
     pub state: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }
 
 impl Address {
@@ -87,6 +165,40 @@ pub struct ParsedRecord {
     pub index: usize,
     pub key: Option<String>,
     pub customer: Result<Customer, Vec<FieldError>>,
+    /// Other customers this record names; each must exist in the tenant (stored, or earlier in the
+    /// same batch for keys), or the record fails.
+    pub references: Vec<Reference>,
+}
+
+/// A customer named by a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    /// The field that names it, for the error message.
+    pub field: String,
+    pub target: ReferenceTarget,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReferenceTarget {
+    /// By the producer's key.
+    Key(String),
+    /// By our customer id.
+    Id(Uuid),
+}
+
+impl ParsedRecord {
+    pub fn new(
+        index: usize,
+        key: Option<String>,
+        customer: Result<Customer, Vec<FieldError>>,
+    ) -> Self {
+        Self {
+            index,
+            key,
+            customer,
+            references: Vec::new(),
+        }
+    }
 }
 
 /// Why one field of one record was refused. It goes to the producer in the reply, never to a log: a

@@ -1,6 +1,6 @@
 //! One message, start to finish: validate → chunk → upsert (with retries) → reply → ack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,14 +13,17 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use crate::amqp::publisher::{Delivered, Outgoing, json_properties};
 use crate::amqp::{Publisher, header_i64, header_str};
 use crate::config::{AmqpSettings, PipelineSettings};
-use crate::dialect::{self, Limits, Rejection};
+use crate::dialect::{self, Dialect, Limits, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{Action, BatchStatus, Counts, FieldError, ParsedRecord, RecordResult};
+use crate::model::{
+    Action, BatchStatus, Counts, Customer, FieldError, ParsedRecord, RecordResult, ReferenceTarget,
+};
 use crate::reply::{Reply, ReplyError};
 use crate::store::{self, batches, customers};
 
@@ -341,7 +344,21 @@ impl Pipeline {
         let parsed = dialect.parse(text, limits).map_err(BatchError::Rejected)?;
         tracing::info!(records = parsed.len(), "batch read");
 
-        let records = self.apply(tenant, &envelope.batch_id, parsed).await?;
+        let mut parsed = parsed;
+        if dialect.generates_keys() {
+            for record in parsed.iter_mut().filter(|r| r.customer.is_ok()) {
+                record.key = Some(format!("{}#{}", envelope.batch_id, record.index));
+            }
+        }
+        let parsed = self.check_references(tenant, dialect, parsed).await?;
+        let records = self
+            .apply(tenant, &envelope.batch_id, dialect, &parsed)
+            .await?;
+        let customers: Vec<Option<&Customer>> =
+            parsed.iter().map(|r| r.customer.as_ref().ok()).collect();
+        let response = dialect.render_response(&records, &customers);
+        drop(customers);
+        drop(parsed);
         let counts = Counts::of(&records);
         for action in [
             Action::Created,
@@ -364,7 +381,7 @@ impl Pipeline {
             dialect: Some(dialect.name().to_owned()),
             status: counts.status(),
             counts,
-            response: dialect.render_response(&records),
+            response,
             records,
             error: None,
             started_at,
@@ -395,16 +412,88 @@ impl Pipeline {
         Ok(serde_json::from_value(stored).unwrap_or(reply))
     }
 
+    /// Fails the records that name a customer the tenant does not have, and lets the dialect
+    /// complete the others with the customers they name by id.
+    async fn check_references(
+        &self,
+        tenant: &str,
+        dialect: &dyn Dialect,
+        mut parsed: Vec<ParsedRecord>,
+    ) -> Result<Vec<ParsedRecord>, BatchError> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut ids: Vec<Uuid> = Vec::new();
+        for record in parsed.iter().filter(|r| r.customer.is_ok()) {
+            for reference in &record.references {
+                match &reference.target {
+                    ReferenceTarget::Key(key) => keys.push(key.clone()),
+                    ReferenceTarget::Id(id) => ids.push(*id),
+                }
+            }
+        }
+        if keys.is_empty() && ids.is_empty() {
+            return Ok(parsed);
+        }
+        let stored_keys: HashSet<String> = self
+            .with_db_retries(|| customers::existing_keys(&self.pool, tenant, &keys))
+            .await?;
+        let by_id: HashMap<Uuid, Customer> = self
+            .with_db_retries(|| customers::by_ids(&self.pool, tenant, &ids))
+            .await?
+            .into_iter()
+            .filter_map(|(id, data)| Some((id, serde_json::from_value(data).ok()?)))
+            .collect();
+        // A key named by a record may also be created earlier in the same batch.
+        let mut earlier: HashSet<String> = HashSet::new();
+        for record in &mut parsed {
+            if let Ok(customer) = &mut record.customer {
+                let missing: Vec<FieldError> = record
+                    .references
+                    .iter()
+                    .filter(|reference| match &reference.target {
+                        ReferenceTarget::Key(key) => {
+                            !stored_keys.contains(key) && !earlier.contains(key)
+                        }
+                        ReferenceTarget::Id(id) => !by_id.contains_key(id),
+                    })
+                    .map(|reference| {
+                        let named = match &reference.target {
+                            ReferenceTarget::Key(key) => key.clone(),
+                            ReferenceTarget::Id(id) => id.to_string(),
+                        };
+                        FieldError::new(
+                            &reference.field,
+                            "unknown_reference",
+                            format!(
+                                "{} names customer {named}, which this tenant does not have (stored or earlier in this batch)",
+                                reference.field
+                            ),
+                        )
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    dialect.resolve(customer, &by_id);
+                    if let Some(key) = &record.key {
+                        earlier.insert(key.clone());
+                    }
+                } else {
+                    record.customer = Err(missing);
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
     /// Applies the valid records chunk by chunk and returns one result per input record.
     async fn apply(
         &self,
         tenant: &str,
         batch_id: &str,
-        parsed: Vec<ParsedRecord>,
+        dialect: &dyn Dialect,
+        parsed: &[ParsedRecord],
     ) -> Result<Vec<RecordResult>, BatchError> {
         // Duplicate keys collapse to their last valid occurrence; the earlier ones report its result.
         let mut last_of_key: HashMap<&str, usize> = HashMap::new();
-        for record in &parsed {
+        for record in parsed {
             if let (Some(key), Ok(_)) = (&record.key, &record.customer) {
                 last_of_key.insert(key.as_str(), record.index);
             }
@@ -422,6 +511,17 @@ impl Pipeline {
                 _ => None,
             })
             .collect();
+        let merge = |stored: serde_json::Value, row: &customers::ChunkRow| -> String {
+            let incoming: Customer =
+                serde_json::from_str(&row.data).expect("the pipeline serialized this customer");
+            match serde_json::from_value::<Customer>(stored) {
+                Ok(stored) => serde_json::to_string(&dialect.merge(stored, incoming))
+                    .expect("a customer always serializes"),
+                // A stored document this version cannot read is replaced rather than lost in a merge.
+                Err(_) => row.data.clone(),
+            }
+        };
+        let merge: Option<customers::Merge> = if dialect.merges() { Some(&merge) } else { None };
 
         let chunk_count = rows.len().div_ceil(self.settings.chunk_size);
         let mut applied: HashMap<String, customers::Applied> = HashMap::with_capacity(rows.len());
@@ -431,7 +531,7 @@ impl Pipeline {
             let index = i32::try_from(chunk_index).expect("chunk count is bounded by max_records");
             let result = self
                 .with_db_retries(|| {
-                    customers::apply_chunk(&self.pool, tenant, batch_id, index, chunk)
+                    customers::apply_chunk(&self.pool, tenant, batch_id, index, chunk, merge)
                 })
                 .await;
             self.metrics
@@ -467,9 +567,9 @@ impl Pipeline {
         }
 
         Ok(parsed
-            .into_iter()
-            .map(|record| match (record.key, record.customer) {
-                (key, Err(errors)) => RecordResult::failed(record.index, key, errors),
+            .iter()
+            .map(|record| match (record.key.clone(), &record.customer) {
+                (key, Err(errors)) => RecordResult::failed(record.index, key, errors.clone()),
                 (Some(key), Ok(_)) => match (applied.get(&key), refused.get(&key)) {
                     (Some(a), _) => RecordResult {
                         index: record.index,

@@ -63,13 +63,17 @@ impl Reply {
         let count = self.records.len().div_ceil(records_per_message);
         let mut template = self;
         let records = std::mem::take(&mut template.records);
-        records
-            .chunks(records_per_message)
-            .enumerate()
-            .map(|(i, slice)| Reply {
-                records: slice.to_vec(),
+        let response = std::mem::take(&mut template.response);
+        (0..count)
+            .map(|i| {
+                let range =
+                    i * records_per_message..((i + 1) * records_per_message).min(records.len());
+                (i, range)
+            })
+            .map(|(i, range)| Reply {
+                records: records[range.clone()].to_vec(),
                 response: dialect
-                    .map(|d| d.render_response(slice))
+                    .map(|d| d.slice_response(&response, &records, range))
                     .unwrap_or(serde_json::Value::Null),
                 part: Part {
                     index: i + 1,

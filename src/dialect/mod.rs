@@ -7,9 +7,12 @@
 mod text;
 pub mod upsert_by_customer_id;
 
-use serde::Serialize;
+use std::collections::HashMap;
 
-use crate::model::{ParsedRecord, RecordResult};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::model::{Customer, ParsedRecord, RecordResult};
 
 /// Limits a dialect enforces while reading a body.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +46,46 @@ pub trait Dialect: Send + Sync + 'static {
     fn parse(&self, body: &str, limits: Limits) -> Result<Vec<ParsedRecord>, Rejection>;
 
     /// The API's own response body for these results (one per input record, in input order).
-    fn render_response(&self, records: &[RecordResult]) -> serde_json::Value;
+    /// `customers` holds, aligned with `records`, the customer each valid record carried (empty when
+    /// only the results are at hand).
+    fn render_response(
+        &self,
+        records: &[RecordResult],
+        customers: &[Option<&Customer>],
+    ) -> serde_json::Value;
+
+    /// The response for the records in `range` only, cut from the batch's whole `response`: a reply
+    /// too large for one message is sent in parts. By default rendered again from the results.
+    fn slice_response(
+        &self,
+        _response: &serde_json::Value,
+        records: &[RecordResult],
+        range: std::ops::Range<usize>,
+    ) -> serde_json::Value {
+        self.render_response(&records[range], &[])
+    }
+
+    /// Whether this dialect's records carry no key of their own (every record adds a customer). The
+    /// pipeline then keys each valid record by its batch id and position, so a redelivered batch
+    /// finds the customers it added instead of adding them again.
+    fn generates_keys(&self) -> bool {
+        false
+    }
+
+    /// Whether a record updates a stored customer by merging into it ([`Dialect::merge`]) rather
+    /// than replacing it. Merging reads the stored customers of each chunk under a row lock first.
+    fn merges(&self) -> bool {
+        false
+    }
+
+    /// The stored customer updated by `incoming`.
+    fn merge(&self, _stored: Customer, incoming: Customer) -> Customer {
+        incoming
+    }
+
+    /// Completes a record with the customers it references by id (found in the tenant), before it
+    /// is stored.
+    fn resolve(&self, _customer: &mut Customer, _referenced: &HashMap<Uuid, Customer>) {}
 }
 
 /// Every dialect this service reads, by `type` property.

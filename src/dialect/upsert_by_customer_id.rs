@@ -80,7 +80,7 @@ impl Dialect for UpsertByCustomerId {
             .collect())
     }
 
-    fn render_response(&self, records: &[RecordResult]) -> Value {
+    fn render_response(&self, records: &[RecordResult], _customers: &[Option<&Customer>]) -> Value {
         let mut successful = Vec::new();
         let mut failed = Vec::new();
         for record in records {
@@ -105,11 +105,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
                 .ok()
                 .and_then(|k| k.customer_id)
                 .map(|k| k.trim().to_owned());
-            return ParsedRecord {
-                index,
-                key,
-                customer: Err(vec![decode_error(error)]),
-            };
+            return ParsedRecord::new(index, key, Err(vec![decode_error(error)]));
         }
     };
     let mut check = Checker::default();
@@ -125,6 +121,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
             city: check.text("city", record.city, MAX_TEXT_CHARS),
             state: check.text("state", record.state, MAX_TEXT_CHARS),
             postal_code: check.text("zipCode", record.zip_code, 20),
+            country: None,
         })
         .filter(|address| !address.is_empty()),
         price_zone: record.price_zone,
@@ -160,16 +157,14 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
                 .map(|v| (name.to_owned(), v))
         })
         .collect(),
+        ..Customer::default()
     };
-    ParsedRecord {
-        index,
-        customer: if check.errors.is_empty() && key.is_some() {
-            Ok(customer)
-        } else {
-            Err(check.errors)
-        },
-        key,
-    }
+    let customer = if check.errors.is_empty() && key.is_some() {
+        Ok(customer)
+    } else {
+        Err(check.errors)
+    };
+    ParsedRecord::new(index, key, customer)
 }
 
 fn ordering_groups(
@@ -304,7 +299,7 @@ mod tests {
                 )],
             ),
         ];
-        let response = UpsertByCustomerId.render_response(&records);
+        let response = UpsertByCustomerId.render_response(&records, &[]);
         assert_eq!(
             response,
             json!({"successful": [{"id": id, "customerID": "A"}],

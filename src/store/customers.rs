@@ -1,6 +1,8 @@
 //! The set-based chunk upsert: one transaction per chunk writes the customers, their events and the
 //! chunk's results.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -33,12 +35,16 @@ pub struct Applied {
 ///
 /// `rows` must hold each key once; they are applied in key order so that two chunks touching the same
 /// customers lock them in the same order.
+/// How a chunk's rows become the stored documents of customers that exist already.
+pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
+
 pub async fn apply_chunk(
     pool: &PgPool,
     tenant: &str,
     batch_id: &str,
     chunk_index: i32,
     rows: &[ChunkRow],
+    merge: Option<Merge<'_>>,
 ) -> Result<Vec<Applied>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let recorded: Option<sqlx::types::Json<Vec<Applied>>> = sqlx::query_scalar(
@@ -61,7 +67,32 @@ pub async fn apply_chunk(
     let mut order: Vec<&ChunkRow> = rows.iter().collect();
     order.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let keys: Vec<&str> = order.iter().map(|row| row.key.as_str()).collect();
-    let data: Vec<&str> = order.iter().map(|row| row.data.as_str()).collect();
+    let mut merged: Vec<String> = Vec::new();
+    if let Some(merge) = merge {
+        // Locked until commit, so no other change of these customers slips between read and write.
+        let stored: HashMap<String, serde_json::Value> = sqlx::query_as(
+            "SELECT key, data FROM customers WHERE tenant = $1 AND key = ANY($2::text[])
+             ORDER BY key FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        merged = order
+            .iter()
+            .map(|row| match stored.get(&row.key) {
+                Some(current) => merge(current.clone(), row),
+                None => row.data.clone(),
+            })
+            .collect();
+    }
+    let data: Vec<&str> = if merge.is_some() {
+        merged.iter().map(String::as_str).collect()
+    } else {
+        order.iter().map(|row| row.data.as_str()).collect()
+    };
     let new_ids: Vec<Uuid> = order.iter().map(|_| Uuid::now_v7()).collect();
 
     let changed: Vec<(String, Uuid, i64)> = sqlx::query_as(
@@ -108,8 +139,7 @@ pub async fn apply_chunk(
         .collect();
     if applied.len() < rows.len() {
         // The rest matched a stored customer exactly; they are reported with its id and version.
-        let seen: std::collections::HashSet<&str> =
-            applied.iter().map(|a| a.key.as_str()).collect();
+        let seen: HashSet<&str> = applied.iter().map(|a| a.key.as_str()).collect();
         let unchanged: Vec<&str> = keys.iter().copied().filter(|k| !seen.contains(k)).collect();
         let stored: Vec<(String, Uuid, i64)> = sqlx::query_as(
             "SELECT key, id, version FROM customers WHERE tenant = $1 AND key = ANY($2::text[])",
@@ -138,4 +168,38 @@ pub async fn apply_chunk(
     fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Which of `keys` the tenant has.
+pub async fn existing_keys(
+    pool: &PgPool,
+    tenant: &str,
+    keys: &[String],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM customers WHERE tenant = $1 AND key = ANY($2::text[])")
+            .bind(tenant)
+            .bind(keys)
+            .fetch_all(pool)
+            .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// The stored documents of the tenant's customers among `ids`.
+pub async fn by_ids(
+    pool: &PgPool,
+    tenant: &str,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, serde_json::Value)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as("SELECT id, data FROM customers WHERE tenant = $1 AND id = ANY($2::uuid[])")
+        .bind(tenant)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
 }
