@@ -697,7 +697,8 @@ impl Pipeline {
         rejection: Rejection,
         started_at: chrono::DateTime<Utc>,
     ) -> Result<(), BatchError> {
-        tracing::warn!(code = rejection.code, reason = %rejection.message, "message rejected");
+        // The message goes to the producer and the dead-letter headers; the log gets the code only.
+        tracing::warn!(code = rejection.code, "message rejected");
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(ERROR_CODE_HEADER.into(), long_string(rejection.code));
         headers.insert(ERROR_MESSAGE_HEADER.into(), long_string(&rejection.message));

@@ -6,6 +6,8 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::config::AmqpSettings;
 
+const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 fn quorum_arguments() -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
@@ -34,11 +36,20 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> lapin::Resul
             FieldTable::default(),
         )
         .await?;
+    // Operators read the dead-letter queue by taking messages and handing them back; RabbitMQ 4.0
+    // to 4.2 count each hand-back against a quorum queue's delivery limit (20 by default there) and
+    // would drop a dead letter after a few reads. The limit is set far out of reach instead (-1 is
+    // not "unlimited" on every version).
+    let mut dead_letters = quorum_arguments();
+    dead_letters.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
+    );
     channel
         .queue_declare(
             settings.dead_letter_queue.as_str().into(),
             durable,
-            quorum_arguments(),
+            dead_letters,
         )
         .await?;
     channel

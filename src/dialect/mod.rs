@@ -102,9 +102,10 @@ pub fn find(name: &str) -> Option<&'static dyn Dialect> {
 pub(crate) fn invalid_body(body: &str, error: &serde_json::Error) -> Rejection {
     let is_json = serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok();
     if error.is_data() && is_json {
+        // serde's own message would quote the offending value, which may be personal data.
         Rejection::new(
             "invalid_body",
-            format!("the body does not have the dialect's shape: {error}"),
+            "the body is JSON but not of the dialect's shape (see the dialect's documented body)",
         )
     } else {
         Rejection::new("invalid_json", format!("the body is not JSON: {error}"))

@@ -34,10 +34,11 @@ async fn assert_customers_at_version(app: &TestApp, tenant: &str, n: usize, vers
 }
 
 fn failpoints_compiled_in() {
-    assert!(
-        cfg!(feature = "failpoints"),
-        "these tests need failure points: run them with --features failpoints (scripts/test.sh does)"
-    );
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "these tests need failure points: run them with --features failpoints (scripts/test.sh does)"
+        );
+    }
 }
 
 /// Stops a worker process at `failpoint` during a three-chunk batch, restarts it, and checks that

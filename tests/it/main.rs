@@ -2,6 +2,7 @@
 
 mod cli;
 mod disruptive;
+mod dlq;
 mod faults;
 mod helpers;
 mod pipeline;
