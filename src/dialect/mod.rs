@@ -6,6 +6,7 @@
 
 mod text;
 pub mod upsert_by_customer_id;
+pub mod upsert_by_id;
 
 use std::collections::HashMap;
 
@@ -89,7 +90,10 @@ pub trait Dialect: Send + Sync + 'static {
 }
 
 /// Every dialect this service reads, by `type` property.
-pub static DIALECTS: &[&dyn Dialect] = &[&upsert_by_customer_id::UpsertByCustomerId];
+pub static DIALECTS: &[&dyn Dialect] = &[
+    &upsert_by_customer_id::UpsertByCustomerId,
+    &upsert_by_id::UpsertById,
+];
 
 pub fn find(name: &str) -> Option<&'static dyn Dialect> {
     DIALECTS

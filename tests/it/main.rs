@@ -1,8 +1,12 @@
 //! Integration tests: one binary, against the real RabbitMQ and Postgres (see scripts/test.sh).
 
+// The seed pages' example bodies are written out with `json!`, which nests deeply.
+#![recursion_limit = "256"]
+
 mod cli;
 mod disruptive;
 mod dlq;
 mod faults;
 mod helpers;
 mod pipeline;
+mod upsert_by_id;

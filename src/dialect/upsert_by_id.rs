@@ -1,0 +1,686 @@
+//! `upsert-by-id`: the body of `POST /customers/bulk/id` (Bulk Customers by Id).
+//!
+//! `{"customers": [...]}`, each customer identified by `id`: created if the tenant has no customer with
+//! that id, updated otherwise. An update merges: fields the record leaves out keep their stored value,
+//! attributes merge by name into the stored ones, and addresses are replaced per `type`. The response
+//! is `{"data": [{"action", "id", "key", "lookupKey", "success"}], "messages", "total"}`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
+use super::{Dialect, Limits, Rejection, invalid_body};
+use crate::model::{
+    Action, Attribute, Customer, FieldError, ParsedRecord, RecordResult, Reference,
+    ReferenceTarget, TypedAddress,
+};
+
+pub struct UpsertById;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body<'a> {
+    #[serde(borrow)]
+    customers: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// One customer. Unknown keys are refused, naming the key, as that API's schema validation does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Record {
+    id: Option<Value>,
+    debtor_id: Option<i64>,
+    first_name: Option<String>,
+    middle_name: Option<String>,
+    last_name: Option<String>,
+    abbreviation: Option<String>,
+    title: Option<String>,
+    date_of_birth: Option<String>,
+    gender: Option<String>,
+    ssn: Option<String>,
+    phone: Option<String>,
+    mobile: Option<String>,
+    email: Option<String>,
+    company: Option<String>,
+    language: Option<String>,
+    primary_language: Option<String>,
+    parent: Option<Parent>,
+    source_id: Option<Value>,
+    source: Option<String>,
+    attributes: Option<Vec<RawAttribute>>,
+    addresses: Option<Vec<RawAddress>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Parent {
+    id: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttribute {
+    class: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAddress {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    is_default: Option<String>,
+    street: Option<String>,
+    number: Option<String>,
+    number_extension: Option<String>,
+    postal_code: Option<String>,
+    city: Option<String>,
+    region: Option<String>,
+    country: Option<String>,
+    company: Option<String>,
+    first_name: Option<String>,
+    middle_name: Option<String>,
+    last_name: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    mobile: Option<String>,
+    icp: Option<String>,
+    url: Option<String>,
+    notes: Option<String>,
+    code: Option<String>,
+}
+
+/// Reads only the id, so that a record that fails to decode is still reported under its key.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<Value>,
+}
+
+const ATTRIBUTE_TYPES: &[&str] = &[
+    "text", "enum", "enumlist", "integer", "decimal", "date", "datetime", "color",
+];
+
+impl Dialect for UpsertById {
+    fn name(&self) -> &'static str {
+        "upsert-by-id"
+    }
+
+    fn parse(&self, body: &str, limits: Limits) -> Result<Vec<ParsedRecord>, Rejection> {
+        let body: Body = serde_json::from_str(body).map_err(|e| invalid_body(body, &e))?;
+        if body.customers.len() > limits.max_records {
+            return Err(Rejection::new(
+                "too_many_records",
+                format!(
+                    "the body holds {} customers; at most {} are accepted per message",
+                    body.customers.len(),
+                    limits.max_records
+                ),
+            ));
+        }
+        Ok(body
+            .customers
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| parse_record(index, raw.get()))
+            .collect())
+    }
+
+    fn render_response(&self, records: &[RecordResult], _: &[Option<&Customer>]) -> Value {
+        let data: Vec<Value> = records
+            .iter()
+            .map(|record| {
+                let key = key_value(record.key.as_deref());
+                match record.action {
+                    Action::Failed => json!({
+                        "action": "create",
+                        "key": key,
+                        "lookupKey": "id",
+                        "success": false,
+                        "error": record.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; "),
+                    }),
+                    action => json!({
+                        "action": if action == Action::Created { "create" } else { "update" },
+                        "id": record.id,
+                        "key": key,
+                        "lookupKey": "id",
+                        "success": true,
+                    }),
+                }
+            })
+            .collect();
+        json!({"data": data, "messages": ["Completed"], "total": records.len()})
+    }
+
+    fn merges(&self) -> bool {
+        true
+    }
+
+    fn merge(&self, stored: Customer, incoming: Customer) -> Customer {
+        let attributes = merge_attributes(&stored.attributes, incoming.attributes.clone());
+        let addresses = merge_addresses(&stored.addresses, incoming.addresses.clone());
+        let (Value::Object(mut merged), Value::Object(changes)) = (
+            serde_json::to_value(&stored).expect("a customer serializes"),
+            serde_json::to_value(&incoming).expect("a customer serializes"),
+        ) else {
+            unreachable!("a customer serializes to an object");
+        };
+        merged.extend(changes);
+        let mut customer: Customer =
+            serde_json::from_value(Value::Object(merged)).unwrap_or(incoming);
+        customer.attributes = attributes;
+        customer.addresses = addresses;
+        customer
+    }
+}
+
+/// The key as the producer sent it: a number when it is one.
+fn key_value(key: Option<&str>) -> Value {
+    match key {
+        Some(key) => key.parse::<i64>().map_or_else(|_| json!(key), |n| json!(n)),
+        None => Value::Null,
+    }
+}
+
+/// An id or sourceId: a number, or a non-empty string.
+fn identifier(check: &mut Checker, field: &str, value: Option<Value>) -> Option<String> {
+    match value? {
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Value::String(s) => check.text(field, Some(s), MAX_KEY_CHARS),
+        Value::Null => None,
+        _ => {
+            check.errors.push(FieldError::new(
+                field,
+                "invalid_type",
+                format!("{field} must be a whole number or a string"),
+            ));
+            None
+        }
+    }
+}
+
+fn parse_record(index: usize, raw: &str) -> ParsedRecord {
+    let mut deserializer = serde_json::Deserializer::from_str(raw);
+    let record: Record = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(record) => record,
+        Err(error) => {
+            let key = serde_json::from_str::<IdOnly>(raw)
+                .ok()
+                .and_then(|r| identifier(&mut Checker::default(), "id", r.id));
+            return ParsedRecord::new(index, key, Err(vec![decode_error(error)]));
+        }
+    };
+    let mut check = Checker::default();
+    let key = identifier(&mut check, "id", record.id);
+    if key.is_none() && check.errors.is_empty() {
+        check
+            .errors
+            .push(FieldError::new("id", "required", "id is required"));
+    }
+    let source_id = identifier(&mut check, "sourceId", record.source_id);
+    let source = check.text("source", record.source, MAX_TEXT_CHARS);
+    if source_id.is_some() && source.is_none() {
+        check.errors.push(FieldError::new(
+            "source",
+            "required",
+            "source is required when sourceId is given",
+        ));
+    }
+    let parent_key = match record.parent {
+        Some(parent) => {
+            let parent_key = identifier(&mut check, "parent.id", parent.id);
+            if parent_key.is_none() {
+                check.errors.push(FieldError::new(
+                    "parent.id",
+                    "required",
+                    "parent needs an id",
+                ));
+            }
+            parent_key
+        }
+        None => None,
+    };
+    let date_of_birth = check
+        .text("dateOfBirth", record.date_of_birth, 10)
+        .filter(|dob| {
+            let valid = NaiveDate::parse_from_str(dob, "%Y-%m-%d").is_ok();
+            if !valid {
+                check.errors.push(FieldError::new(
+                    "dateOfBirth",
+                    "invalid_date",
+                    "dateOfBirth must be a date as YYYY-MM-DD",
+                ));
+            }
+            valid
+        });
+    let gender = check
+        .text("gender", record.gender, 1)
+        .map(|g| g.to_ascii_uppercase())
+        .filter(|g| {
+            let valid = matches!(g.as_str(), "M" | "F" | "U");
+            if !valid {
+                check.errors.push(FieldError::new(
+                    "gender",
+                    "invalid_value",
+                    "gender must be M, F or U",
+                ));
+            }
+            valid
+        });
+    let customer = Customer {
+        first_name: check.text("firstName", record.first_name, MAX_TEXT_CHARS),
+        middle_name: check.text("middleName", record.middle_name, MAX_TEXT_CHARS),
+        last_name: check.text("lastName", record.last_name, MAX_TEXT_CHARS),
+        abbreviation: check.text("abbreviation", record.abbreviation, MAX_TEXT_CHARS),
+        title: check.text("title", record.title, MAX_TEXT_CHARS),
+        date_of_birth,
+        gender,
+        ssn: check.text("ssn", record.ssn, 50),
+        phone: check.text("phone", record.phone, 50),
+        mobile: check.text("mobile", record.mobile, 50),
+        email: check.email("email", record.email),
+        company: check.text("company", record.company, MAX_TEXT_CHARS),
+        language: check.text("language", record.language, 20),
+        primary_language: check.text("primaryLanguage", record.primary_language, 20),
+        debtor_id: record.debtor_id,
+        parent_key: parent_key.clone(),
+        source_id,
+        source,
+        attributes: attributes(&mut check, record.attributes.unwrap_or_default()),
+        addresses: addresses(&mut check, record.addresses.unwrap_or_default()),
+        ..Customer::default()
+    };
+    if parent_key.is_some() && parent_key == key {
+        check.errors.push(FieldError::new(
+            "parent.id",
+            "invalid_value",
+            "a customer cannot be its own parent",
+        ));
+    }
+    let customer = if check.errors.is_empty() {
+        Ok(customer)
+    } else {
+        Err(check.errors)
+    };
+    let mut parsed = ParsedRecord::new(index, key, customer);
+    if let Some(parent_key) = parent_key {
+        parsed.references.push(Reference {
+            field: "parent.id".into(),
+            target: ReferenceTarget::Key(parent_key),
+        });
+    }
+    parsed
+}
+
+fn attributes(check: &mut Checker, raw: Vec<RawAttribute>) -> Vec<Attribute> {
+    let mut by_name: BTreeMap<String, Attribute> = BTreeMap::new();
+    for (i, attribute) in raw.into_iter().enumerate() {
+        let path = format!("attributes[{i}]");
+        let Some(name) =
+            check.required_text(&format!("{path}.name"), attribute.name, MAX_KEY_CHARS)
+        else {
+            continue;
+        };
+        let kind = check
+            .text(&format!("{path}.type"), attribute.kind, 20)
+            .unwrap_or_else(|| "text".to_owned());
+        if !ATTRIBUTE_TYPES.contains(&kind.as_str()) {
+            check.errors.push(FieldError::new(
+                format!("{path}.type"),
+                "invalid_value",
+                format!(
+                    "attribute {name}: type must be one of {}",
+                    ATTRIBUTE_TYPES.join(", ")
+                ),
+            ));
+            continue;
+        }
+        let value = check.text(&format!("{path}.value"), attribute.value, 4000);
+        if let Some(value) = &value
+            && !value_fits(&kind, value)
+        {
+            check.errors.push(FieldError::new(
+                format!("{path}.value"),
+                "invalid_value",
+                format!("attribute {name}: the value is not a valid {kind}"),
+            ));
+            continue;
+        }
+        by_name.insert(
+            name.clone(),
+            Attribute {
+                class: check.text(&format!("{path}.class"), attribute.class, MAX_KEY_CHARS),
+                name,
+                kind,
+                value,
+            },
+        );
+    }
+    by_name.into_values().collect()
+}
+
+/// Whether `value` parses as an attribute of type `kind`.
+fn value_fits(kind: &str, value: &str) -> bool {
+    match kind {
+        "integer" => value.parse::<i64>().is_ok(),
+        "decimal" => value.parse::<f64>().is_ok_and(f64::is_finite),
+        "date" => NaiveDate::parse_from_str(value, "%Y-%m-%d").is_ok(),
+        "datetime" => DateTime::parse_from_rfc3339(value).is_ok(),
+        "color" => {
+            let hex = value.strip_prefix('#').unwrap_or("");
+            matches!(hex.len(), 3 | 6) && hex.chars().all(|c| c.is_ascii_hexdigit())
+        }
+        "enumlist" => value.split(',').all(|item| !item.trim().is_empty()),
+        // text and enum: any text.
+        _ => true,
+    }
+}
+
+fn yes_no(check: &mut Checker, field: &str, value: Option<String>) -> bool {
+    match check.text(field, value, 1).as_deref() {
+        None | Some("N") | Some("n") => false,
+        Some("Y") | Some("y") => true,
+        Some(_) => {
+            check.errors.push(FieldError::new(
+                field,
+                "invalid_value",
+                format!("{field} must be Y or N"),
+            ));
+            false
+        }
+    }
+}
+
+fn addresses(check: &mut Checker, raw: Vec<RawAddress>) -> Vec<TypedAddress> {
+    let mut defaults: HashMap<String, usize> = HashMap::new();
+    let mut result = Vec::new();
+    for (i, address) in raw.into_iter().enumerate() {
+        let path = format!("addresses[{i}]");
+        let kind = check
+            .required_text(&format!("{path}.type"), address.kind, 20)
+            .map(|k| k.to_ascii_lowercase());
+        if let Some(kind) = &kind
+            && kind != "delivery"
+            && kind != "invoice"
+        {
+            check.errors.push(FieldError::new(
+                format!("{path}.type"),
+                "invalid_value",
+                "address type must be delivery or invoice",
+            ));
+        }
+        let is_default = yes_no(check, &format!("{path}.isDefault"), address.is_default);
+        let icp = yes_no(check, &format!("{path}.icp"), address.icp);
+        let country = check
+            .required_text(&format!("{path}.country"), address.country, 2)
+            .map(|c| c.to_ascii_uppercase());
+        if let Some(country) = &country
+            && isocountry::CountryCode::for_alpha2(country).is_err()
+        {
+            check.errors.push(FieldError::new(
+                format!("{path}.country"),
+                "invalid_country",
+                "country must be an ISO 3166-1 alpha-2 code",
+            ));
+        }
+        let mut fields = BTreeMap::new();
+        let required = [("street", address.street), ("city", address.city)];
+        for (name, value) in required {
+            if let Some(value) =
+                check.required_text(&format!("{path}.{name}"), value, MAX_TEXT_CHARS)
+            {
+                fields.insert(name.to_owned(), value);
+            }
+        }
+        let optional = [
+            ("number", address.number),
+            ("numberExtension", address.number_extension),
+            ("postalCode", address.postal_code),
+            ("region", address.region),
+            ("company", address.company),
+            ("firstName", address.first_name),
+            ("middleName", address.middle_name),
+            ("lastName", address.last_name),
+            ("phone", address.phone),
+            ("mobile", address.mobile),
+            ("url", address.url),
+            ("notes", address.notes),
+            ("code", address.code),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = check.text(&format!("{path}.{name}"), value, MAX_TEXT_CHARS) {
+                fields.insert(name.to_owned(), value);
+            }
+        }
+        if let Some(email) = check.email(&format!("{path}.email"), address.email) {
+            fields.insert("email".to_owned(), email);
+        }
+        if let Some(country) = country {
+            fields.insert("country".to_owned(), country);
+        }
+        fields.insert("icp".to_owned(), if icp { "Y" } else { "N" }.to_owned());
+        let Some(kind) = kind else { continue };
+        if is_default {
+            let count = defaults.entry(kind.clone()).or_default();
+            *count += 1;
+            if *count > 1 {
+                check.errors.push(FieldError::new(
+                    format!("{path}.isDefault"),
+                    "invalid_value",
+                    format!("at most one {kind} address may be the default"),
+                ));
+            }
+        }
+        result.push(TypedAddress {
+            kind,
+            is_default,
+            fields,
+        });
+    }
+    result
+}
+
+/// Incoming attributes replace the stored ones of the same name; the others stay.
+fn merge_attributes(stored: &[Attribute], incoming: Vec<Attribute>) -> Vec<Attribute> {
+    let mut by_name: BTreeMap<String, Attribute> =
+        stored.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    for attribute in incoming {
+        by_name.insert(attribute.name.clone(), attribute);
+    }
+    by_name.into_values().collect()
+}
+
+/// Incoming addresses replace every stored address of their type; other types stay.
+fn merge_addresses(stored: &[TypedAddress], incoming: Vec<TypedAddress>) -> Vec<TypedAddress> {
+    let replaced: Vec<&str> = incoming.iter().map(|a| a.kind.as_str()).collect();
+    let mut merged: Vec<TypedAddress> = stored
+        .iter()
+        .filter(|a| !replaced.contains(&a.kind.as_str()))
+        .cloned()
+        .collect();
+    merged.extend(incoming);
+    merged.sort_by(|a, b| a.kind.cmp(&b.kind));
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Vec<ParsedRecord> {
+        UpsertById
+            .parse(body, Limits { max_records: 100 })
+            .expect("body parses")
+    }
+
+    fn errors(record: &ParsedRecord) -> Vec<(String, String)> {
+        record
+            .customer
+            .as_ref()
+            .unwrap_err()
+            .iter()
+            .map(|e| (e.field.clone(), e.code.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_record_is_read() {
+        let records = parse(
+            r#"{"customers": [{"id": 42, "debtorId": 7, "firstName": "Ann", "lastName": "Lee",
+                "dateOfBirth": "1980-02-29", "gender": "f", "ssn": "123-45-6789",
+                "email": "ann@example.com", "parent": {"id": 41}, "sourceId": 9, "source": "crm",
+                "attributes": [{"class": "c", "name": "tier", "type": "integer", "value": "3"}],
+                "addresses": [{"type": "delivery", "isDefault": "Y", "street": "Main", "number": "1",
+                    "city": "Utrecht", "country": "nl", "icp": "N"}]}]}"#,
+        );
+        let record = &records[0];
+        assert_eq!(record.key.as_deref(), Some("42"));
+        assert_eq!(
+            record.references,
+            [Reference {
+                field: "parent.id".into(),
+                target: ReferenceTarget::Key("41".into())
+            }]
+        );
+        let customer = record.customer.as_ref().unwrap();
+        assert_eq!(customer.gender.as_deref(), Some("F"));
+        assert_eq!(customer.addresses[0].fields["country"], "NL");
+        assert_eq!(customer.attributes[0].value.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn the_rules_of_the_api_fail_the_record_naming_the_field() {
+        let records = parse(
+            r#"{"customers": [
+                {"firstName": "no id"},
+                {"id": 1, "sourceId": 5},
+                {"id": 2, "gender": "X"},
+                {"id": 3, "dateOfBirth": "1980-13-01"},
+                {"id": 4, "attributes": [{"name": "n", "type": "integer", "value": "x"}]},
+                {"id": 5, "attributes": [{"name": "n", "type": "shape", "value": "x"}]},
+                {"id": 6, "addresses": [{"type": "home", "street": "s", "city": "c", "country": "NL"}]},
+                {"id": 7, "addresses": [{"type": "delivery", "street": "s", "city": "c", "country": "XX"}]},
+                {"id": 8, "addresses": [{"type": "invoice", "city": "c", "country": "NL"}]},
+                {"id": 9, "nickname": "x"},
+                {"id": 10, "addresses": [
+                    {"type": "delivery", "isDefault": "Y", "street": "s", "city": "c", "country": "NL"},
+                    {"type": "delivery", "isDefault": "Y", "street": "t", "city": "c", "country": "NL"}]}
+            ]}"#,
+        );
+        let expected = [
+            ("id", "required"),
+            ("source", "required"),
+            ("gender", "invalid_value"),
+            ("dateOfBirth", "invalid_date"),
+            ("attributes[0].value", "invalid_value"),
+            ("attributes[0].type", "invalid_value"),
+            ("addresses[0].type", "invalid_value"),
+            ("addresses[0].country", "invalid_country"),
+            ("addresses[0].street", "required"),
+            ("nickname", "unknown_field"),
+            ("addresses[1].isDefault", "invalid_value"),
+        ];
+        for (record, (field, code)) in records.iter().zip(expected) {
+            assert!(
+                errors(record).contains(&(field.to_owned(), code.to_owned())),
+                "record {}: {:?}",
+                record.index,
+                errors(record)
+            );
+        }
+        assert!(
+            records[9].customer.as_ref().unwrap_err()[0]
+                .message
+                .contains("nickname")
+        );
+    }
+
+    #[test]
+    fn attribute_values_are_checked_by_type() {
+        assert!(value_fits("integer", "-3"));
+        assert!(!value_fits("integer", "3.5"));
+        assert!(value_fits("decimal", "3.5"));
+        assert!(value_fits("date", "2024-02-29"));
+        assert!(!value_fits("date", "2023-02-29"));
+        assert!(value_fits("datetime", "2024-10-18T01:16:57-04:00"));
+        assert!(value_fits("color", "#a0B1c2"));
+        assert!(!value_fits("color", "red"));
+        assert!(value_fits("enumlist", "a,b"));
+        assert!(!value_fits("enumlist", "a,,b"));
+    }
+
+    #[test]
+    fn an_update_merges_attributes_by_name_and_replaces_addresses_per_type() {
+        let stored = Customer {
+            first_name: Some("Ann".into()),
+            email: Some("ann@example.com".into()),
+            attributes: vec![
+                Attribute {
+                    class: None,
+                    name: "a".into(),
+                    kind: "text".into(),
+                    value: Some("1".into()),
+                },
+                Attribute {
+                    class: None,
+                    name: "b".into(),
+                    kind: "text".into(),
+                    value: Some("2".into()),
+                },
+            ],
+            addresses: vec![
+                TypedAddress {
+                    kind: "delivery".into(),
+                    is_default: true,
+                    fields: BTreeMap::new(),
+                },
+                TypedAddress {
+                    kind: "invoice".into(),
+                    is_default: true,
+                    fields: BTreeMap::new(),
+                },
+            ],
+            ..Customer::default()
+        };
+        let incoming = Customer {
+            first_name: Some("Anna".into()),
+            attributes: vec![Attribute {
+                class: None,
+                name: "b".into(),
+                kind: "text".into(),
+                value: None,
+            }],
+            addresses: vec![TypedAddress {
+                kind: "delivery".into(),
+                is_default: false,
+                fields: BTreeMap::from([("street".into(), "New".into())]),
+            }],
+            ..Customer::default()
+        };
+        let merged = UpsertById.merge(stored, incoming);
+        assert_eq!(merged.first_name.as_deref(), Some("Anna"));
+        assert_eq!(
+            merged.email.as_deref(),
+            Some("ann@example.com"),
+            "left out, kept"
+        );
+        assert_eq!(merged.attributes.len(), 2);
+        assert_eq!(
+            merged.attributes[0].value.as_deref(),
+            Some("1"),
+            "other attributes kept"
+        );
+        assert_eq!(
+            merged.attributes[1].value, None,
+            "sent without a value: value removed"
+        );
+        assert_eq!(merged.addresses.len(), 2);
+        assert_eq!(merged.addresses[0].fields["street"], "New");
+        assert_eq!(merged.addresses[1].kind, "invoice");
+    }
+}
