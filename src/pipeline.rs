@@ -430,9 +430,6 @@ impl Pipeline {
                 }
             }
         }
-        if keys.is_empty() && ids.is_empty() {
-            return Ok(parsed);
-        }
         let stored_keys: HashSet<String> = self
             .with_db_retries(|| customers::existing_keys(&self.pool, tenant, &keys))
             .await?;
@@ -471,7 +468,7 @@ impl Pipeline {
                     })
                     .collect();
                 if missing.is_empty() {
-                    dialect.resolve(customer, &by_id);
+                    dialect.resolve(tenant, customer, &by_id);
                     if let Some(key) = &record.key {
                         earlier.insert(key.clone());
                     }

@@ -4,6 +4,7 @@
 //! and renders the batch's [`RecordResult`]s back as the response body that API would have answered.
 //! It never touches AMQP or SQL. Adding a dialect is one new module and one line in [`DIALECTS`].
 
+pub mod add_with_accounts;
 mod text;
 pub mod upsert_by_customer_id;
 pub mod upsert_by_id;
@@ -84,15 +85,22 @@ pub trait Dialect: Send + Sync + 'static {
         incoming
     }
 
-    /// Completes a record with the customers it references by id (found in the tenant), before it
-    /// is stored.
-    fn resolve(&self, _customer: &mut Customer, _referenced: &HashMap<Uuid, Customer>) {}
+    /// Completes a valid record before it is stored, with its tenant and the customers it references
+    /// by id (all found in the tenant).
+    fn resolve(
+        &self,
+        _tenant: &str,
+        _customer: &mut Customer,
+        _referenced: &HashMap<Uuid, Customer>,
+    ) {
+    }
 }
 
 /// Every dialect this service reads, by `type` property.
 pub static DIALECTS: &[&dyn Dialect] = &[
     &upsert_by_customer_id::UpsertByCustomerId,
     &upsert_by_id::UpsertById,
+    &add_with_accounts::AddWithAccounts,
 ];
 
 pub fn find(name: &str) -> Option<&'static dyn Dialect> {

@@ -3,6 +3,7 @@
 // The seed pages' example bodies are written out with `json!`, which nests deeply.
 #![recursion_limit = "256"]
 
+mod add_with_accounts;
 mod cli;
 mod disruptive;
 mod dlq;
