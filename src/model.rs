@@ -7,7 +7,7 @@ use uuid::Uuid;
 /// it; a field a dialect does not know stays `None` and is left out of the stored document, so two
 /// deliveries of the same record compare equal and the second one is `unchanged`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Customer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

@@ -5,6 +5,7 @@
 //! It never touches AMQP or SQL. Adding a dialect is one new module and one line in [`DIALECTS`].
 
 pub mod add_with_accounts;
+pub mod customers_v1;
 mod text;
 pub mod upsert_by_customer_id;
 pub mod upsert_by_id;
@@ -85,6 +86,14 @@ pub trait Dialect: Send + Sync + 'static {
         incoming
     }
 
+    /// Whether this dialect's records carry no key and are matched to stored customers by their
+    /// contact details instead (`match-by-contact`). The pipeline then has
+    /// [`crate::store::contacts`] give every valid record the key of the customer it updates or
+    /// adds, before references are checked and the records applied.
+    fn matches_by_contact(&self) -> bool {
+        false
+    }
+
     /// Completes a valid record before it is stored, with its tenant and the customers it references
     /// by id (all found in the tenant).
     fn resolve(
@@ -101,6 +110,7 @@ pub static DIALECTS: &[&dyn Dialect] = &[
     &upsert_by_customer_id::UpsertByCustomerId,
     &upsert_by_id::UpsertById,
     &add_with_accounts::AddWithAccounts,
+    &customers_v1::CustomersV1,
 ];
 
 pub fn find(name: &str) -> Option<&'static dyn Dialect> {

@@ -102,7 +102,7 @@ struct IdOnly {
     id: Option<Value>,
 }
 
-const ATTRIBUTE_TYPES: &[&str] = &[
+pub(crate) const ATTRIBUTE_TYPES: &[&str] = &[
     "text", "enum", "enumlist", "integer", "decimal", "date", "datetime", "color",
 ];
 
@@ -365,7 +365,7 @@ fn attributes(check: &mut Checker, raw: Vec<RawAttribute>) -> Vec<Attribute> {
 }
 
 /// Whether `value` parses as an attribute of type `kind`.
-fn value_fits(kind: &str, value: &str) -> bool {
+pub(crate) fn value_fits(kind: &str, value: &str) -> bool {
     match kind {
         "integer" => value.parse::<i64>().is_ok(),
         "decimal" => value.parse::<f64>().is_ok_and(f64::is_finite),
