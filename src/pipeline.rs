@@ -350,6 +350,15 @@ impl Pipeline {
                 record.key = Some(format!("{}#{}", envelope.batch_id, record.index));
             }
         }
+        if dialect.matches_by_contact() {
+            // Each record is given the key of the customer its contact details find, or a new one.
+            let resolved = self
+                .with_db_retries(|| {
+                    store::contacts::resolve(&self.pool, tenant, &envelope.batch_id, text, &parsed)
+                })
+                .await?;
+            parsed = resolved;
+        }
         let parsed = self.check_references(tenant, dialect, parsed).await?;
         let records = self
             .apply(tenant, &envelope.batch_id, dialect, &parsed)
@@ -409,7 +418,9 @@ impl Pipeline {
             failed = counts.failed,
             "batch completed"
         );
-        Ok(serde_json::from_value(stored).unwrap_or(reply))
+        Ok(stored
+            .and_then(|earlier| serde_json::from_value(earlier).ok())
+            .unwrap_or(reply))
     }
 
     /// Fails the records that name a customer the tenant does not have, and lets the dialect

@@ -187,7 +187,7 @@ fn address(check: &mut Checker, field: &str, raw: Option<RawAddress>) -> Option<
         .text(&format!("{field}.countryCode"), raw.country_code, 2)
         .map(|c| c.to_ascii_uppercase());
     if let Some(code) = &country
-        && isocountry::CountryCode::for_alpha2(code).is_err()
+        && celes::Country::from_alpha2(code).is_err()
     {
         check.errors.push(FieldError::new(
             format!("{field}.countryCode"),

@@ -199,7 +199,7 @@ fn normalize(check: &mut Checker, mut customer: Customer) -> Customer {
         );
     for (field, country) in countries {
         *country = country.to_ascii_uppercase();
-        if isocountry::CountryCode::for_alpha2(country).is_err() {
+        if celes::Country::from_alpha2(country).is_err() {
             check.errors.push(FieldError::new(
                 field,
                 "invalid_country",

@@ -6,6 +6,7 @@
 
 pub mod add_with_accounts;
 pub mod customers_v1;
+pub mod match_by_contact;
 mod text;
 pub mod upsert_by_customer_id;
 pub mod upsert_by_id;
@@ -110,6 +111,7 @@ pub static DIALECTS: &[&dyn Dialect] = &[
     &upsert_by_customer_id::UpsertByCustomerId,
     &upsert_by_id::UpsertById,
     &add_with_accounts::AddWithAccounts,
+    &match_by_contact::MatchByContact,
     &customers_v1::CustomersV1,
 ];
 

@@ -420,7 +420,7 @@ fn addresses(check: &mut Checker, raw: Vec<RawAddress>) -> Vec<TypedAddress> {
             .required_text(&format!("{path}.country"), address.country, 2)
             .map(|c| c.to_ascii_uppercase());
         if let Some(country) = &country
-            && isocountry::CountryCode::for_alpha2(country).is_err()
+            && celes::Country::from_alpha2(country).is_err()
         {
             check.errors.push(FieldError::new(
                 format!("{path}.country"),

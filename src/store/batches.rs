@@ -15,9 +15,10 @@ pub async fn completed_reply(
         .await
 }
 
-/// Records the batch as completed with `reply`, and drops its per-chunk results. If the batch was
-/// completed already (by a concurrent delivery of the same message), the reply stored then wins and is
-/// returned, so every reply of one batch carries the same body.
+/// Records the batch as completed with `reply`, and drops its per-chunk results. Returns `None` when
+/// `reply` was stored; if the batch was completed already (by a concurrent delivery of the same
+/// message), the reply stored then wins and is returned, so every reply of one batch carries the
+/// same body.
 pub async fn complete(
     pool: &PgPool,
     tenant: &str,
@@ -25,9 +26,9 @@ pub async fn complete(
     dialect: &str,
     status: &str,
     reply: &serde_json::Value,
-) -> Result<serde_json::Value, sqlx::Error> {
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO processed_batches (tenant, batch_id, dialect, status, reply)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (tenant, batch_id) DO NOTHING",
@@ -38,19 +39,25 @@ pub async fn complete(
     .bind(status)
     .bind(reply)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
     sqlx::query("DELETE FROM batch_chunks WHERE tenant = $1 AND batch_id = $2")
         .bind(tenant)
         .bind(batch_id)
         .execute(&mut *tx)
         .await?;
-    let stored: serde_json::Value = sqlx::query_scalar(
-        "SELECT reply FROM processed_batches WHERE tenant = $1 AND batch_id = $2",
-    )
-    .bind(tenant)
-    .bind(batch_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let earlier = if inserted {
+        None
+    } else {
+        sqlx::query_scalar(
+            "SELECT reply FROM processed_batches WHERE tenant = $1 AND batch_id = $2",
+        )
+        .bind(tenant)
+        .bind(batch_id)
+        .fetch_optional(&mut *tx)
+        .await?
+    };
     tx.commit().await?;
-    Ok(stored)
+    Ok(earlier)
 }

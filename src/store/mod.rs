@@ -1,6 +1,7 @@
 //! Postgres: customers, the outbox and batch bookkeeping. Knows nothing of AMQP.
 
 pub mod batches;
+pub mod contacts;
 pub mod customers;
 pub mod outbox;
 

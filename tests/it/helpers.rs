@@ -131,7 +131,9 @@ impl TestApp {
         customer_ingest::amqp::topology::declare(&channel, &settings.amqp)
             .await
             .expect("the topology is declared");
-        let pool = PgPool::connect(settings.database.url())
+        // Named apart from the service's connections, which some tests kill on purpose.
+        let options: sqlx::postgres::PgConnectOptions = settings.database.url().parse().unwrap();
+        let pool = PgPool::connect_with(options.application_name("ingest-tests"))
             .await
             .expect("the test database is reachable");
 

@@ -10,5 +10,6 @@ mod disruptive;
 mod dlq;
 mod faults;
 mod helpers;
+mod match_by_contact;
 mod pipeline;
 mod upsert_by_id;
