@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Measures the worker against the Postgres ceiling on this machine and prints one JSON object on
+# stdout (progress on stderr). Arguments go to `customer-ingest bench`, e.g.
+#   scripts/bench.sh --messages 50 --customers 1000
+# Settings come from the usual place: INGEST__PIPELINE__CHUNK_SIZE=1000 scripts/bench.sh tries a change.
+# See docs/performance.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A debug build would measure the compiler's optimisation level, not the pipeline.
+cargo build --release --quiet >&2
+bash scripts/services.sh
+exec target/release/customer-ingest bench "$@"
