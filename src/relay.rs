@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +25,8 @@ pub struct Relay {
     pub metrics: Metrics,
     pub wakeup: Arc<Notify>,
     pub publisher: watch::Receiver<Option<Publisher>>,
+    /// When the backlog gauges were last refreshed.
+    pub last_observed: Option<std::time::Instant>,
 }
 
 impl Relay {
@@ -115,7 +116,18 @@ impl Relay {
         count as i64 == self.settings.batch_size
     }
 
-    async fn observe_backlog(&self) {
+    /// Counting the outbox scans it, so it is done at most once per poll interval (and at least every
+    /// few seconds while events flow), never once per published batch.
+    async fn observe_backlog(&mut self) {
+        let now = std::time::Instant::now();
+        let every = self.settings.poll_interval().max(Duration::from_secs(1));
+        if self
+            .last_observed
+            .is_some_and(|last| now.duration_since(last) < every)
+        {
+            return;
+        }
+        self.last_observed = Some(now);
         if let Ok((pending, oldest)) = outbox::backlog(&self.pool).await {
             self.metrics.outbox_pending.set(pending);
             let age = oldest.map_or(0, |t| (chrono::Utc::now() - t).num_seconds().max(0));
@@ -124,17 +136,31 @@ impl Relay {
     }
 }
 
+/// The event body, serialized straight from the outbox row (no copy of the customer document).
+#[derive(serde::Serialize)]
+struct EventBody<'a> {
+    event_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    tenant: &'a str,
+    customer_id: uuid::Uuid,
+    version: i64,
+    batch_id: &'a str,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    customer: &'a serde_json::value::RawValue,
+}
+
 fn event_body(event: &PendingEvent) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "event_id": event.event_id,
-        "type": event.routing_key,
-        "tenant": event.tenant,
-        "customer_id": event.customer_id,
-        "version": event.version,
-        "batch_id": event.batch_id,
-        "occurred_at": event.occurred_at,
-        "customer": event.customer,
-    }))
+    serde_json::to_vec(&EventBody {
+        event_id: event.event_id,
+        kind: &event.routing_key,
+        tenant: &event.tenant,
+        customer_id: event.customer_id,
+        version: event.version,
+        batch_id: &event.batch_id,
+        occurred_at: event.occurred_at,
+        customer: serde_json::from_str(&event.customer).expect("Postgres holds valid JSON"),
+    })
     .expect("an event always serializes")
 }
 

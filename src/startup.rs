@@ -98,6 +98,7 @@ impl Application {
                 metrics: metrics.clone(),
                 wakeup: relay_wakeup,
                 publisher: publisher_rx,
+                last_observed: None,
             }
             .run(relay_stop.clone()),
         );

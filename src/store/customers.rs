@@ -95,12 +95,21 @@ pub async fn apply_chunk(
     };
     let new_ids: Vec<Uuid> = order.iter().map(|_| Uuid::now_v7()).collect();
 
-    let changed: Vec<(String, Uuid, i64)> = sqlx::query_as(
+    // One round trip. `same` finds the records identical to their stored customer first: they are
+    // reported as unchanged without being written at all (an ON CONFLICT update, even one whose WHERE
+    // rejects it, locks the row and so dirties its page). The rest go through the upsert, which writes
+    // an outbox event for every insert and real update.
+    let results: Vec<(String, Uuid, i64, bool)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[]) AS t(key, data, new_id)
+         ), same AS (
+             SELECT c.key, c.id, c.version FROM input i
+             JOIN customers c ON c.tenant = $1 AND c.key = i.key
+             WHERE c.data = i.data::jsonb
          ), upserted AS (
              INSERT INTO customers AS c (id, tenant, key, version, data)
              SELECT new_id, $1, key, 1, data::jsonb FROM input
+             WHERE key NOT IN (SELECT key FROM same)
              ON CONFLICT (tenant, key) DO UPDATE
                  SET data = EXCLUDED.data, version = c.version + 1, updated_at = now()
                  WHERE c.data IS DISTINCT FROM EXCLUDED.data
@@ -114,7 +123,9 @@ pub async fn apply_chunk(
                                        'createdAt', created_at, 'updatedAt', updated_at) || data
              FROM upserted
          )
-         SELECT key, id, version FROM upserted",
+         SELECT key, id, version, true AS written FROM upserted
+         UNION ALL
+         SELECT key, id, version, false FROM same",
     )
     .bind(tenant)
     .bind(&keys)
@@ -124,13 +135,13 @@ pub async fn apply_chunk(
     .fetch_all(&mut *tx)
     .await?;
 
-    let mut applied: Vec<Applied> = changed
+    let mut applied: Vec<Applied> = results
         .into_iter()
-        .map(|(key, id, version)| Applied {
-            action: if version == 1 {
-                Action::Created
-            } else {
-                Action::Updated
+        .map(|(key, id, version, written)| Applied {
+            action: match (written, version) {
+                (false, _) => Action::Unchanged,
+                (true, 1) => Action::Created,
+                (true, _) => Action::Updated,
             },
             key,
             id,
@@ -138,7 +149,8 @@ pub async fn apply_chunk(
         })
         .collect();
     if applied.len() < rows.len() {
-        // The rest matched a stored customer exactly; they are reported with its id and version.
+        // Rare: a customer that another transaction stored, identical, after this statement's
+        // snapshot was taken. It is reported with that customer's id and version.
         let seen: HashSet<&str> = applied.iter().map(|a| a.key.as_str()).collect();
         let unchanged: Vec<&str> = keys.iter().copied().filter(|k| !seen.contains(k)).collect();
         let stored: Vec<(String, Uuid, i64)> = sqlx::query_as(

@@ -17,7 +17,8 @@ pub struct PendingEvent {
     pub version: i64,
     pub batch_id: String,
     pub occurred_at: DateTime<Utc>,
-    pub customer: serde_json::Value,
+    /// The customer document as JSON text: it is copied into the event body as it is.
+    pub customer: String,
 }
 
 /// Oldest-first events claimed by this relay. Only one relay, across all processes, holds a claim at
@@ -39,7 +40,8 @@ pub async fn claim(pool: &PgPool, limit: i64) -> Result<Option<Claim>, sqlx::Err
         return Ok(None);
     }
     let events = sqlx::query_as(
-        "SELECT id, event_id, routing_key, tenant, customer_id, version, batch_id, occurred_at, customer
+        "SELECT id, event_id, routing_key, tenant, customer_id, version, batch_id, occurred_at,
+                customer::text AS customer
          FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
