@@ -115,13 +115,18 @@ pub async fn apply_chunk(
                  WHERE c.data IS DISTINCT FROM EXCLUDED.data
              RETURNING c.id, c.key, c.version, c.data, c.created_at, c.updated_at
          ), events AS (
-             INSERT INTO outbox (event_id, routing_key, tenant, customer_id, version, batch_id, customer)
-             SELECT md5(id::text || ':' || version)::uuid,
-                    CASE WHEN version = 1 THEN 'customer.created' ELSE 'customer.updated' END,
-                    $1, id, version, $5,
-                    jsonb_build_object('id', id, 'tenant', $1::text, 'key', key, 'version', version,
-                                       'createdAt', created_at, 'updatedAt', updated_at) || data
+             INSERT INTO outbox (tenant, batch_id, event_count, events)
+             SELECT $1, $5, count(*),
+                    jsonb_agg(jsonb_build_object(
+                        'event_id', md5(id::text || ':' || version)::uuid,
+                        'routing_key', CASE WHEN version = 1 THEN 'customer.created'
+                                            ELSE 'customer.updated' END,
+                        'customer_id', id, 'version', version, 'occurred_at', updated_at,
+                        'customer', jsonb_build_object('id', id, 'tenant', $1::text, 'key', key,
+                                                       'version', version, 'createdAt', created_at,
+                                                       'updatedAt', updated_at) || data))
              FROM upserted
+             HAVING count(*) > 0
          )
          SELECT key, id, version, true AS written FROM upserted
          UNION ALL

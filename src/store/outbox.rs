@@ -7,18 +7,20 @@ use uuid::Uuid;
 /// Any constant works; it names "the relay" among this database's advisory locks.
 const RELAY_LOCK: i64 = 0x6375_7374_6f75_7462; // "custoutb"
 
-#[derive(Debug, sqlx::FromRow)]
+/// One event of a claimed outbox row.
+#[derive(Debug, serde::Deserialize)]
 pub struct PendingEvent {
-    pub id: i64,
     pub event_id: Uuid,
     pub routing_key: String,
+    #[serde(skip)]
     pub tenant: String,
     pub customer_id: Uuid,
     pub version: i64,
+    #[serde(skip)]
     pub batch_id: String,
     pub occurred_at: DateTime<Utc>,
-    /// The customer document as JSON text: it is copied into the event body as it is.
-    pub customer: String,
+    /// The customer document as it is stored: it is copied into the event body as it is.
+    pub customer: Box<serde_json::value::RawValue>,
 }
 
 /// Oldest-first events claimed by this relay. Only one relay, across all processes, holds a claim at
@@ -26,6 +28,7 @@ pub struct PendingEvent {
 /// per customer. Dropping the claim without [`Claim::finish`] releases the events for the next try.
 pub struct Claim {
     tx: Transaction<'static, Postgres>,
+    rows: Vec<i64>,
     pub events: Vec<PendingEvent>,
 }
 
@@ -39,23 +42,39 @@ pub async fn claim(pool: &PgPool, limit: i64) -> Result<Option<Claim>, sqlx::Err
     if !locked {
         return Ok(None);
     }
-    let events = sqlx::query_as(
-        "SELECT id, event_id, routing_key, tenant, customer_id, version, batch_id, occurred_at,
-                customer::text AS customer
-         FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    // A row holds one chunk's events; `limit` events are claimed in whole rows, at least one.
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT id, tenant, batch_id, events::text FROM outbox
+         WHERE id <= (
+             SELECT max(id) FROM (
+                 SELECT id, sum(event_count) OVER (ORDER BY id) - event_count AS before
+                 FROM (SELECT id, event_count FROM outbox ORDER BY id LIMIT 1000) oldest
+             ) running
+             WHERE before < $1)
+         ORDER BY id FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(Some(Claim { tx, events }))
+    let mut events = Vec::new();
+    for (_, tenant, batch_id, text) in &rows {
+        let chunk: Vec<PendingEvent> =
+            serde_json::from_str(text).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        events.extend(chunk.into_iter().map(|event| PendingEvent {
+            tenant: tenant.clone(),
+            batch_id: batch_id.clone(),
+            ..event
+        }));
+    }
+    let rows = rows.into_iter().map(|(id, ..)| id).collect();
+    Ok(Some(Claim { tx, rows, events }))
 }
 
 impl Claim {
     /// Marks the claimed events done (they were published and confirmed) by deleting them.
     pub async fn finish(mut self) -> Result<(), sqlx::Error> {
-        let ids: Vec<i64> = self.events.iter().map(|event| event.id).collect();
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
+            .bind(&self.rows)
             .execute(&mut *self.tx)
             .await?;
         self.tx.commit().await
@@ -64,7 +83,7 @@ impl Claim {
 
 /// How many events wait, and how old the oldest is.
 pub async fn backlog(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-    sqlx::query_as("SELECT count(*), min(occurred_at) FROM outbox")
+    sqlx::query_as("SELECT coalesce(sum(event_count), 0)::bigint, min(created_at) FROM outbox")
         .fetch_one(pool)
         .await
 }
