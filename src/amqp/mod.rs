@@ -13,7 +13,11 @@ use lapin::types::{AMQPValue, FieldTable};
 
 /// A header's value as text, whichever string type the producer's client used.
 pub fn header_str<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a str> {
-    let value = headers.as_ref()?.inner().get(name)?;
+    value_str(headers.as_ref()?.inner().get(name)?)
+}
+
+/// A field value as text, whichever string type it was sent as.
+pub fn value_str(value: &AMQPValue) -> Option<&str> {
     match value {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
         AMQPValue::ShortString(s) => Some(s.as_str()),
@@ -23,7 +27,11 @@ pub fn header_str<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a
 
 /// A numeric header as an integer, whichever integer type the producer's client used.
 pub fn header_i64(headers: &Option<FieldTable>, name: &str) -> Option<i64> {
-    let value = headers.as_ref()?.inner().get(name)?;
+    value_i64(headers.as_ref()?.inner().get(name)?)
+}
+
+/// A field value as an integer, whichever integer type it was sent as.
+pub fn value_i64(value: &AMQPValue) -> Option<i64> {
     match *value {
         AMQPValue::ShortShortInt(v) => Some(v.into()),
         AMQPValue::ShortShortUInt(v) => Some(v.into()),

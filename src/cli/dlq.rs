@@ -22,7 +22,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use crate::amqp::publisher::{Delivered, Outgoing};
-use crate::amqp::{Publisher, header_i64, header_str};
+use crate::amqp::{Publisher, header_i64, header_str, value_i64, value_str};
 use crate::config::Settings;
 use crate::pipeline::{
     DEAD_LETTERED_AT_HEADER, ERROR_ATTEMPTS_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
@@ -809,27 +809,6 @@ fn render_timestamp(seconds: &u64) -> String {
 
 fn timestamp(seconds: u64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(i64::try_from(seconds).ok()?, 0)
-}
-
-fn value_str(value: &AMQPValue) -> Option<&str> {
-    match value {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-        AMQPValue::ShortString(s) => Some(s.as_str()),
-        _ => None,
-    }
-}
-
-fn value_i64(value: &AMQPValue) -> Option<i64> {
-    match *value {
-        AMQPValue::ShortShortInt(v) => Some(v.into()),
-        AMQPValue::ShortShortUInt(v) => Some(v.into()),
-        AMQPValue::ShortInt(v) => Some(v.into()),
-        AMQPValue::ShortUInt(v) => Some(v.into()),
-        AMQPValue::LongInt(v) => Some(v.into()),
-        AMQPValue::LongUInt(v) => Some(v.into()),
-        AMQPValue::LongLongInt(v) => Some(v),
-        _ => None,
-    }
 }
 
 /// "42s", "17m", "5h", "3d": how long ago, coarsely.

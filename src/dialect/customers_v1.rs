@@ -6,22 +6,14 @@
 //! response (`response` is null): the common reply says everything.
 
 use chrono::NaiveDate;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::text::{Checker, MAX_KEY_CHARS, decode_error};
 use super::upsert_by_id::{ATTRIBUTE_TYPES, value_fits};
-use super::{Dialect, Limits, Rejection, invalid_body};
+use super::{Dialect, Limits, Rejection, customers_member};
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult, Reference, ReferenceTarget};
 
 pub struct CustomersV1;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Body<'a> {
-    #[serde(borrow)]
-    customers: Vec<&'a serde_json::value::RawValue>,
-}
 
 /// Longest text of any field.
 const MAX_FIELD_CHARS: usize = 4000;
@@ -32,19 +24,7 @@ impl Dialect for CustomersV1 {
     }
 
     fn parse(&self, body: &str, limits: Limits) -> Result<Vec<ParsedRecord>, Rejection> {
-        let body: Body = serde_json::from_str(body).map_err(|e| invalid_body(body, &e))?;
-        if body.customers.len() > limits.max_records {
-            return Err(Rejection::new(
-                "too_many_records",
-                format!(
-                    "the body holds {} customers; at most {} are accepted per message",
-                    body.customers.len(),
-                    limits.max_records
-                ),
-            ));
-        }
-        Ok(body
-            .customers
+        Ok(customers_member(body, limits)?
             .into_iter()
             .enumerate()
             .map(|(index, raw)| parse_record(index, raw.get()))

@@ -54,7 +54,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
-use super::{Dialect, Limits, Rejection, invalid_body};
+use super::{Dialect, Limits, Rejection, check_record_count, invalid_body};
 use crate::model::{Action, Address, Customer, FieldError, ParsedRecord, RecordResult};
 
 pub struct MatchByContact;
@@ -272,16 +272,7 @@ impl Dialect for MatchByContact {
                 "the body has no `Customers` list",
             ));
         };
-        if records.len() > limits.max_records {
-            return Err(Rejection::new(
-                "too_many_records",
-                format!(
-                    "the body holds {} records; at most {} are accepted per message",
-                    records.len(),
-                    limits.max_records
-                ),
-            ));
-        }
+        check_record_count(records.len(), limits)?;
         Ok(records
             .into_iter()
             .enumerate()

@@ -181,17 +181,39 @@ pub(crate) fn raw_records(
 ) -> Result<Vec<&serde_json::value::RawValue>, Rejection> {
     let records: Vec<&serde_json::value::RawValue> =
         serde_json::from_str(body).map_err(|error| invalid_body(body, &error))?;
-    if records.len() > limits.max_records {
+    check_record_count(records.len(), limits)?;
+    Ok(records)
+}
+
+/// The raw records of a `{"customers": [...]}` body (no other key allowed), each decoded later on its
+/// own.
+pub(crate) fn customers_member(
+    body: &str,
+    limits: Limits,
+) -> Result<Vec<&serde_json::value::RawValue>, Rejection> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        customers: Vec<&'a serde_json::value::RawValue>,
+    }
+    let parsed: Body = serde_json::from_str(body).map_err(|error| invalid_body(body, &error))?;
+    check_record_count(parsed.customers.len(), limits)?;
+    Ok(parsed.customers)
+}
+
+/// Refuses a body with more records than a message may carry.
+pub(crate) fn check_record_count(count: usize, limits: Limits) -> Result<(), Rejection> {
+    if count > limits.max_records {
         return Err(Rejection::new(
             "too_many_records",
             format!(
-                "the body holds {} records; at most {} are accepted per message",
-                records.len(),
+                "the body holds {count} records; at most {} are accepted per message",
                 limits.max_records
             ),
         ));
     }
-    Ok(records)
+    Ok(())
 }
 
 #[cfg(test)]

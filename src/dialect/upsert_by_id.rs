@@ -12,20 +12,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
-use super::{Dialect, Limits, Rejection, invalid_body};
+use super::{Dialect, Limits, Rejection, customers_member};
 use crate::model::{
     Action, Attribute, Customer, FieldError, ParsedRecord, RecordResult, Reference,
     ReferenceTarget, TypedAddress,
 };
 
 pub struct UpsertById;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Body<'a> {
-    #[serde(borrow)]
-    customers: Vec<&'a serde_json::value::RawValue>,
-}
 
 /// One customer. Unknown keys are refused, naming the key, as that API's schema validation does.
 #[derive(Debug, Deserialize)]
@@ -112,19 +105,7 @@ impl Dialect for UpsertById {
     }
 
     fn parse(&self, body: &str, limits: Limits) -> Result<Vec<ParsedRecord>, Rejection> {
-        let body: Body = serde_json::from_str(body).map_err(|e| invalid_body(body, &e))?;
-        if body.customers.len() > limits.max_records {
-            return Err(Rejection::new(
-                "too_many_records",
-                format!(
-                    "the body holds {} customers; at most {} are accepted per message",
-                    body.customers.len(),
-                    limits.max_records
-                ),
-            ));
-        }
-        Ok(body
-            .customers
+        Ok(customers_member(body, limits)?
             .into_iter()
             .enumerate()
             .map(|(index, raw)| parse_record(index, raw.get()))
