@@ -360,14 +360,21 @@ impl Pipeline {
             parsed = resolved;
         }
         let parsed = self.check_references(tenant, dialect, parsed).await?;
+        let (rows, outline) = prepare(&parsed);
+        // A large batch's parsed customers are its biggest form in memory: they are let go as soon
+        // as they are serialized, unless the dialect's response is made from them.
+        let kept = dialect.renders_customers().then_some(parsed);
         let records = self
-            .apply(tenant, &envelope.batch_id, dialect, &parsed)
+            .apply(tenant, &envelope.batch_id, dialect, rows, outline)
             .await?;
-        let customers: Vec<Option<&Customer>> =
-            parsed.iter().map(|r| r.customer.as_ref().ok()).collect();
+        let customers: Vec<Option<&Customer>> = kept
+            .iter()
+            .flatten()
+            .map(|r| r.customer.as_ref().ok())
+            .collect();
         let response = dialect.render_response(&records, &customers);
         drop(customers);
-        drop(parsed);
+        drop(kept);
         let counts = Counts::of(&records);
         for action in [
             Action::Created,
@@ -397,7 +404,6 @@ impl Pipeline {
             finished_at: Utc::now(),
             part: Default::default(),
         };
-        let reply_json = serde_json::to_value(&reply).expect("a reply always serializes");
         let stored = self
             .with_db_retries(|| {
                 batches::complete(
@@ -406,7 +412,7 @@ impl Pipeline {
                     &envelope.batch_id,
                     dialect.name(),
                     reply.status.as_str(),
-                    &reply_json,
+                    &reply,
                 )
             })
             .await?;
@@ -497,28 +503,9 @@ impl Pipeline {
         tenant: &str,
         batch_id: &str,
         dialect: &dyn Dialect,
-        parsed: &[ParsedRecord],
+        rows: Vec<customers::ChunkRow>,
+        outline: Vec<Outline>,
     ) -> Result<Vec<RecordResult>, BatchError> {
-        // Duplicate keys collapse to their last valid occurrence; the earlier ones report its result.
-        let mut last_of_key: HashMap<&str, usize> = HashMap::new();
-        for record in parsed {
-            if let (Some(key), Ok(_)) = (&record.key, &record.customer) {
-                last_of_key.insert(key.as_str(), record.index);
-            }
-        }
-        let rows: Vec<customers::ChunkRow> = parsed
-            .iter()
-            .filter_map(|record| match (&record.key, &record.customer) {
-                (Some(key), Ok(customer)) if last_of_key[key.as_str()] == record.index => {
-                    Some(customers::ChunkRow {
-                        key: key.clone(),
-                        data: serde_json::to_string(customer)
-                            .expect("a customer always serializes"),
-                    })
-                }
-                _ => None,
-            })
-            .collect();
         let merge = |stored: serde_json::Value, row: &customers::ChunkRow| -> String {
             let incoming: Customer =
                 serde_json::from_str(&row.data).expect("the pipeline serialized this customer");
@@ -574,11 +561,11 @@ impl Pipeline {
             }
         }
 
-        Ok(parsed
-            .iter()
-            .map(|record| match (record.key.clone(), &record.customer) {
-                (key, Err(errors)) => RecordResult::failed(record.index, key, errors.clone()),
-                (Some(key), Ok(_)) => match (applied.get(&key), refused.get(&key)) {
+        Ok(outline
+            .into_iter()
+            .map(|record| match (record.key, record.errors) {
+                (key, Some(errors)) => RecordResult::failed(record.index, key, errors),
+                (Some(key), None) => match (applied.get(&key), refused.get(&key)) {
                     (Some(a), _) => RecordResult {
                         index: record.index,
                         id: Some(a.id),
@@ -592,7 +579,7 @@ impl Pipeline {
                     }
                     (None, None) => unreachable!("every valid record's key was applied or refused"),
                 },
-                (None, Ok(_)) => unreachable!("a dialect never accepts a record without a key"),
+                (None, None) => unreachable!("a dialect never accepts a record without a key"),
             })
             .collect())
     }
@@ -783,6 +770,46 @@ impl Pipeline {
 /// in `x-delivery-count`.
 fn delivery_attempt(delivery: &Delivery) -> i64 {
     header_i64(delivery.properties.headers(), "x-delivery-count").unwrap_or(0) + 1
+}
+
+/// What the result of a record needs once its customer is stored: where it was, its key, and why it
+/// failed if it did.
+struct Outline {
+    index: usize,
+    key: Option<String>,
+    errors: Option<Vec<FieldError>>,
+}
+
+/// The rows to store (duplicate keys collapse to their last valid occurrence; the earlier ones report
+/// its result) and every record's outline.
+fn prepare(parsed: &[ParsedRecord]) -> (Vec<customers::ChunkRow>, Vec<Outline>) {
+    let mut last_of_key: HashMap<&str, usize> = HashMap::new();
+    for record in parsed {
+        if let (Some(key), Ok(_)) = (&record.key, &record.customer) {
+            last_of_key.insert(key.as_str(), record.index);
+        }
+    }
+    let rows = parsed
+        .iter()
+        .filter_map(|record| match (&record.key, &record.customer) {
+            (Some(key), Ok(customer)) if last_of_key[key.as_str()] == record.index => {
+                Some(customers::ChunkRow {
+                    key: key.clone(),
+                    data: serde_json::to_string(customer).expect("a customer always serializes"),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let outline = parsed
+        .iter()
+        .map(|record| Outline {
+            index: record.index,
+            key: record.key.clone(),
+            errors: record.customer.as_ref().err().cloned(),
+        })
+        .collect();
+    (rows, outline)
 }
 
 fn long_string(value: &str) -> AMQPValue {

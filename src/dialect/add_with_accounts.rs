@@ -114,6 +114,10 @@ impl Dialect for AddWithAccounts {
         }
     }
 
+    fn renders_customers(&self) -> bool {
+        true
+    }
+
     fn render_response(&self, records: &[RecordResult], customers: &[Option<&Customer>]) -> Value {
         let data: Vec<Value> = records
             .iter()

@@ -280,6 +280,10 @@ impl Dialect for MatchByContact {
             .collect())
     }
 
+    fn renders_customers(&self) -> bool {
+        true
+    }
+
     fn render_response(&self, records: &[RecordResult], customers: &[Option<&Customer>]) -> Value {
         // Records of one batch that matched the same customer share its result; the first of them
         // added it and the later ones updated it.

@@ -58,6 +58,12 @@ pub trait Dialect: Send + Sync + 'static {
         customers: &[Option<&Customer>],
     ) -> serde_json::Value;
 
+    /// Whether [`Dialect::render_response`] reads the records' customers. If not, the pipeline lets
+    /// a batch's parsed customers go as soon as they are serialized for storing.
+    fn renders_customers(&self) -> bool {
+        false
+    }
+
     /// The response for the records in `range` only, cut from the batch's whole `response`: a reply
     /// too large for one message is sent in parts. By default rendered again from the results.
     fn slice_response(

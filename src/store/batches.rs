@@ -25,7 +25,7 @@ pub async fn complete(
     batch_id: &str,
     dialect: &str,
     status: &str,
-    reply: &serde_json::Value,
+    reply: &(impl serde::Serialize + Sync),
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
@@ -37,7 +37,8 @@ pub async fn complete(
     .bind(batch_id)
     .bind(dialect)
     .bind(status)
-    .bind(reply)
+    // Serialized straight into the statement, without an intermediate JSON tree.
+    .bind(sqlx::types::Json(reply))
     .execute(&mut *tx)
     .await?
     .rows_affected()
