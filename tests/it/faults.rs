@@ -369,13 +369,17 @@ async fn a_worker_stopped_during_a_100000_customer_batch_finishes_it_or_leaves_i
 }
 
 #[tokio::test]
-async fn two_workers_racing_over_the_same_customers_in_opposite_orders_end_at_the_last_change() {
-    let mut app = TestApp::spawn_with(|s| {
+async fn two_worker_processes_racing_over_the_same_customers_in_opposite_orders_end_at_the_last_change()
+ {
+    let mut app = TestApp::without_worker(|s| {
         s.pipeline.chunk_size = 25;
         s.pipeline.concurrency = 4;
     })
     .await;
-    app.add_worker().await;
+    let mut workers = [
+        spawn_worker_process(&app.settings, None),
+        spawn_worker_process(&app.settings, None),
+    ];
     const BATCHES: usize = 12;
     const CUSTOMERS: usize = 100;
     for b in 0..BATCHES {
@@ -422,6 +426,9 @@ async fn two_workers_racing_over_the_same_customers_in_opposite_orders_end_at_th
         .map(|e| e["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(distinct.len(), BATCHES * CUSTOMERS);
+    for worker in &mut workers {
+        assert!(terminate(worker).await.success());
+    }
     app.stop().await;
 }
 
