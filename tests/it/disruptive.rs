@@ -155,6 +155,23 @@ async fn postgres_stopped_for_a_minute_pauses_the_worker_and_dead_letters_nothin
     app.stop().await;
 }
 
+/// A queue that keeps its messages through a broker restart.
+async fn declare_durable_quorum(channel: &lapin::Channel, queue: &str) {
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, quorum)
+        .await
+        .unwrap();
+}
+
 /// Reads a durable queue through a connection of its own, surviving broker restarts.
 async fn drain_durable(queue: &str) -> Vec<Value> {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
@@ -195,22 +212,7 @@ async fn rabbitmq_restarted_twice_during_100_batches_loses_nothing_and_applies_n
     .await;
     // Durable observers: the test's own consumers do not survive the broker's restarts.
     let events_queue = format!("{}.durable-observer", app.settings.amqp.events_exchange);
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    app.channel
-        .queue_declare(
-            events_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum,
-        )
-        .await
-        .unwrap();
+    declare_durable_quorum(&app.channel, &events_queue).await;
     app.channel
         .queue_bind(
             events_queue.as_str().into(),
@@ -222,22 +224,7 @@ async fn rabbitmq_restarted_twice_during_100_batches_loses_nothing_and_applies_n
         .await
         .unwrap();
     let replies_queue = format!("{}.durable", app.settings.amqp.results_queue);
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    app.channel
-        .queue_declare(
-            replies_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum,
-        )
-        .await
-        .unwrap();
+    declare_durable_quorum(&app.channel, &replies_queue).await;
 
     for b in 0..100 {
         let body = customers_body(&format!("B{b}"), 50, "C");
