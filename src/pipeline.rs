@@ -9,14 +9,15 @@ use chrono::Utc;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use sha2::{Digest, Sha256};
+use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::amqp::Publisher;
+use crate::amqp::envelope::Envelope;
+use crate::amqp::headers::{self, header_i64, long_string};
 use crate::amqp::publisher::{Delivered, Outgoing, json_properties};
-use crate::amqp::{Publisher, header_i64, header_str};
 use crate::config::{AmqpSettings, PipelineSettings};
 use crate::dialect::{self, Dialect, Limits, Rejection};
 use crate::health::Health;
@@ -56,50 +57,6 @@ impl From<sqlx::Error> for BatchError {
             BatchError::DatabaseUnavailable(error)
         } else {
             BatchError::Failed(anyhow::Error::new(error).context("database"))
-        }
-    }
-}
-
-/// Header on a copy that was handed back to the queue during a database outage.
-pub const OUTAGE_REQUEUES_HEADER: &str = "outage-requeues";
-/// Header on a message moved back from the dead-letter queue by `dlq replay`.
-pub const REPLAY_COUNT_HEADER: &str = "replay-count";
-/// Headers on a message this service dead-lettered: why (a code and a message), after how many
-/// deliveries, and when. Messages the broker dead-lettered itself carry `x-death` instead.
-pub const ERROR_CODE_HEADER: &str = "error-code";
-pub const ERROR_MESSAGE_HEADER: &str = "error-message";
-pub const ERROR_ATTEMPTS_HEADER: &str = "error-attempts";
-pub const DEAD_LETTERED_AT_HEADER: &str = "dead-lettered-at";
-
-/// The message properties the pipeline reads.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub batch_id: String,
-    pub correlation_id: Option<String>,
-    pub reply_to: Option<String>,
-    pub dialect: Option<String>,
-    pub tenant: Option<String>,
-}
-
-impl Envelope {
-    pub fn read(properties: &BasicProperties, body: &[u8]) -> Self {
-        let text = |value: &Option<lapin::types::ShortString>| {
-            value
-                .as_ref()
-                .map(|v| v.as_str().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        Envelope {
-            // Without a message_id the body itself is the identity: the same body is the same batch.
-            batch_id: text(properties.message_id())
-                .unwrap_or_else(|| hex::encode(Sha256::digest(body))),
-            correlation_id: text(properties.correlation_id()),
-            reply_to: text(properties.reply_to()),
-            dialect: text(properties.kind()),
-            tenant: header_str(properties.headers(), "tenant")
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned),
         }
     }
 }
@@ -145,7 +102,7 @@ impl Pipeline {
         if delivery.redelivered {
             self.metrics.redeliveries.inc();
         }
-        if header_i64(delivery.properties.headers(), REPLAY_COUNT_HEADER).is_some() {
+        if header_i64(delivery.properties.headers(), headers::REPLAY_COUNT).is_some() {
             self.metrics.replays.inc();
         }
         let envelope = Envelope::read(&delivery.properties, &delivery.data);
@@ -217,7 +174,7 @@ impl Pipeline {
         envelope: &Envelope,
         error: BatchError,
     ) -> &'static str {
-        let attempt = delivery_attempt(delivery);
+        let attempt = headers::delivery_attempt(&delivery.properties);
         tracing::error!(error = ?error, attempt, "message not finished");
         if let BatchError::Failed(cause) = &error
             && attempt >= i64::from(self.amqp.delivery_limit)
@@ -630,22 +587,22 @@ impl Pipeline {
             .map(|part| {
                 let body = serde_json::to_vec(part).expect("a reply always serializes");
                 let mut headers = FieldTable::default();
-                headers.insert("batch_id".into(), long_string(&part.batch_id));
-                headers.insert("status".into(), long_string(part.status.as_str()));
+                headers.insert(headers::BATCH_ID.into(), long_string(&part.batch_id));
+                headers.insert(headers::STATUS.into(), long_string(part.status.as_str()));
                 headers.insert(
-                    "part".into(),
+                    headers::PART.into(),
                     AMQPValue::LongLongInt(part.part.index as i64),
                 );
                 headers.insert(
-                    "parts".into(),
+                    headers::PARTS.into(),
                     AMQPValue::LongLongInt(part.part.count as i64),
                 );
                 if let Some(tenant) = &part.tenant {
-                    headers.insert("tenant".into(), long_string(tenant));
+                    headers.insert(headers::TENANT.into(), long_string(tenant));
                 }
                 let mut properties = json_properties()
                     .with_message_id(format!("{}:{}", part.batch_id, part.part.index).into())
-                    .with_type("ingest-result".into())
+                    .with_type(headers::REPLY_TYPE.into())
                     .with_headers(headers);
                 if let Some(correlation_id) = &part.correlation_id {
                     properties = properties.with_correlation_id(correlation_id.as_str().into());
@@ -695,14 +652,17 @@ impl Pipeline {
         // The message goes to the producer and the dead-letter headers; the log gets the code only.
         tracing::warn!(code = rejection.code, "message rejected");
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ERROR_CODE_HEADER.into(), long_string(rejection.code));
-        headers.insert(ERROR_MESSAGE_HEADER.into(), long_string(&rejection.message));
+        headers.insert(headers::ERROR_CODE.into(), long_string(rejection.code));
         headers.insert(
-            ERROR_ATTEMPTS_HEADER.into(),
-            AMQPValue::LongLongInt(delivery_attempt(delivery)),
+            headers::ERROR_MESSAGE.into(),
+            long_string(&rejection.message),
         );
         headers.insert(
-            DEAD_LETTERED_AT_HEADER.into(),
+            headers::ERROR_ATTEMPTS.into(),
+            AMQPValue::LongLongInt(headers::delivery_attempt(&delivery.properties)),
+        );
+        headers.insert(
+            headers::DEAD_LETTERED_AT.into(),
             long_string(&Utc::now().to_rfc3339()),
         );
         publisher
@@ -749,8 +709,11 @@ impl Pipeline {
         delivery: &Delivery,
     ) -> Result<(), BatchError> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let count = header_i64(&Some(headers.clone()), OUTAGE_REQUEUES_HEADER).unwrap_or(0) + 1;
-        headers.insert(OUTAGE_REQUEUES_HEADER.into(), AMQPValue::LongLongInt(count));
+        let count = header_i64(&Some(headers.clone()), headers::OUTAGE_REQUEUES).unwrap_or(0) + 1;
+        headers.insert(
+            headers::OUTAGE_REQUEUES.into(),
+            AMQPValue::LongLongInt(count),
+        );
         publisher
             .publish(Outgoing {
                 exchange: "",
@@ -764,12 +727,6 @@ impl Pipeline {
         self.metrics.requeued_for_outage.inc();
         Ok(())
     }
-}
-
-/// Which delivery of this message this is (1 for the first). Quorum queues count earlier deliveries
-/// in `x-delivery-count`.
-fn delivery_attempt(delivery: &Delivery) -> i64 {
-    header_i64(delivery.properties.headers(), "x-delivery-count").unwrap_or(0) + 1
 }
 
 /// What the result of a record needs once its customer is stored: where it was, its key, and why it
@@ -812,44 +769,10 @@ fn prepare(parsed: &[ParsedRecord]) -> (Vec<customers::ChunkRow>, Vec<Outline>) 
     (rows, outline)
 }
 
-fn long_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
-}
-
 fn dialect_names() -> String {
     dialect::DIALECTS
         .iter()
         .map(|d| d.name())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_without_message_id_is_identified_by_its_body() {
-        let properties = BasicProperties::default();
-        let a = Envelope::read(&properties, b"[1]");
-        let b = Envelope::read(&properties, b"[1]");
-        let c = Envelope::read(&properties, b"[2]");
-        assert_eq!(a.batch_id, b.batch_id);
-        assert_ne!(a.batch_id, c.batch_id);
-        assert_eq!(a.batch_id.len(), 64);
-    }
-
-    #[test]
-    fn the_tenant_comes_from_its_header() {
-        let mut headers = FieldTable::default();
-        headers.insert("tenant".into(), long_string("acme"));
-        let properties = BasicProperties::default()
-            .with_headers(headers)
-            .with_message_id("m1".into())
-            .with_type("upsert-by-customer-id".into());
-        let envelope = Envelope::read(&properties, b"[]");
-        assert_eq!(envelope.tenant.as_deref(), Some("acme"));
-        assert_eq!(envelope.batch_id, "m1");
-        assert_eq!(envelope.dialect.as_deref(), Some("upsert-by-customer-id"));
-    }
 }

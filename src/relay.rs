@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::Publisher;
+use crate::amqp::headers::{CUSTOMER_ID, TENANT, long_string};
 use crate::amqp::publisher::{Outgoing, json_properties};
 use crate::config::RelaySettings;
 use crate::metrics::Metrics;
@@ -166,13 +167,10 @@ fn event_body(event: &PendingEvent) -> Vec<u8> {
 
 fn event_properties(event: &PendingEvent) -> lapin::BasicProperties {
     let mut headers = FieldTable::default();
+    headers.insert(TENANT.into(), long_string(&event.tenant));
     headers.insert(
-        "tenant".into(),
-        AMQPValue::LongString(LongString::from(event.tenant.as_str())),
-    );
-    headers.insert(
-        "customer_id".into(),
-        AMQPValue::LongString(LongString::from(event.customer_id.to_string())),
+        CUSTOMER_ID.into(),
+        long_string(&event.customer_id.to_string()),
     );
     json_properties()
         .with_message_id(event.event_id.to_string().into())

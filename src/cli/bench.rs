@@ -41,8 +41,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::amqp::headers::header_i64;
 use crate::amqp::publisher::json_properties;
-use crate::amqp::{header_i64, topology};
+use crate::amqp::topology;
 use crate::config::{AmqpSettings, DatabaseSettings, Settings};
 use crate::dialect::{self, Limits};
 use crate::model::Counts;

@@ -21,13 +21,14 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDe
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::amqp::publisher::{Delivered, Outgoing};
-use crate::amqp::{Publisher, header_i64, header_str, value_i64, value_str};
-use crate::config::Settings;
-use crate::pipeline::{
-    DEAD_LETTERED_AT_HEADER, ERROR_ATTEMPTS_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
-    Envelope, REPLAY_COUNT_HEADER,
+use crate::amqp::Publisher;
+use crate::amqp::envelope::Envelope;
+use crate::amqp::headers::{
+    self, DEAD_LETTERED_AT, ERROR_ATTEMPTS, ERROR_CODE, ERROR_MESSAGE, REPLAY_COUNT, header_i64,
+    header_str, value_i64, value_str,
 };
+use crate::amqp::publisher::{Delivered, Outgoing};
+use crate::config::Settings;
 
 /// The most of a body `show` prints: enough to read a batch's first records, not a 16 MiB wall.
 const SHOW_BODY_LIMIT: usize = 64 * 1024;
@@ -490,16 +491,16 @@ impl DeadLetter {
         let envelope = Envelope::read(&delivery.properties, &delivery.data);
         let headers = delivery.properties.headers();
         let death = latest_death(headers);
-        let reason = header_str(headers, ERROR_CODE_HEADER)
+        let reason = header_str(headers, ERROR_CODE)
             .map(str::to_owned)
             .or_else(|| death.as_ref().and_then(|d| d.reason.clone()))
             .or_else(|| header_str(headers, "x-first-death-reason").map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
         // Not `x-delivery-count`: on a delivery from the dead-letter queue it counts the dead-letter
         // queue's own deliveries, which is to say how often someone listed it.
-        let attempts = header_i64(headers, ERROR_ATTEMPTS_HEADER)
-            .or_else(|| death.as_ref().and_then(|d| d.count));
-        let dead_lettered_at = header_str(headers, DEAD_LETTERED_AT_HEADER)
+        let attempts =
+            header_i64(headers, ERROR_ATTEMPTS).or_else(|| death.as_ref().and_then(|d| d.count));
+        let dead_lettered_at = header_str(headers, DEAD_LETTERED_AT)
             .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
             .map(|at| at.with_timezone(&Utc))
             .or_else(|| death.as_ref().and_then(|d| d.time));
@@ -508,10 +509,10 @@ impl DeadLetter {
             tenant: envelope.tenant,
             dialect: envelope.dialect,
             reason,
-            last_error: header_str(headers, ERROR_MESSAGE_HEADER).map(str::to_owned),
+            last_error: header_str(headers, ERROR_MESSAGE).map(str::to_owned),
             attempts,
             dead_lettered_at,
-            replays: header_i64(headers, REPLAY_COUNT_HEADER).unwrap_or(0),
+            replays: header_i64(headers, REPLAY_COUNT).unwrap_or(0),
         }
     }
 
@@ -542,7 +543,8 @@ struct Death {
 }
 
 fn latest_death(headers: &Option<FieldTable>) -> Option<Death> {
-    let Some(AMQPValue::FieldArray(deaths)) = headers.as_ref()?.inner().get("x-death") else {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.as_ref()?.inner().get(headers::X_DEATH)
+    else {
         return None;
     };
     let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
@@ -570,7 +572,7 @@ fn replay_properties(original: &BasicProperties, replays: i64) -> BasicPropertie
             headers.insert(name.clone(), value.clone());
         }
     }
-    headers.insert(REPLAY_COUNT_HEADER.into(), AMQPValue::LongLongInt(replays));
+    headers.insert(REPLAY_COUNT.into(), AMQPValue::LongLongInt(replays));
     let mut properties = BasicProperties::default().with_headers(headers);
     if let Some(v) = original.message_id() {
         properties = properties.with_message_id(v.clone());
@@ -608,13 +610,13 @@ fn replay_properties(original: &BasicProperties, replays: i64) -> BasicPropertie
 fn is_dead_letter_header(name: &str) -> bool {
     matches!(
         name,
-        "x-death"
-            | "x-delivery-count"
+        headers::X_DEATH
+            | headers::DELIVERY_COUNT
             | "x-acquired-count"
-            | ERROR_CODE_HEADER
-            | ERROR_MESSAGE_HEADER
-            | ERROR_ATTEMPTS_HEADER
-            | DEAD_LETTERED_AT_HEADER
+            | ERROR_CODE
+            | ERROR_MESSAGE
+            | ERROR_ATTEMPTS
+            | DEAD_LETTERED_AT
     ) || name.starts_with("x-first-death-")
         || name.starts_with("x-last-death-")
 }
@@ -898,18 +900,18 @@ mod tests {
         let mut headers = FieldTable::default();
         headers.insert("tenant".into(), long("acme"));
         headers.insert("outage-requeues".into(), AMQPValue::LongLongInt(2));
-        headers.insert(REPLAY_COUNT_HEADER.into(), AMQPValue::LongLongInt(1));
+        headers.insert(REPLAY_COUNT.into(), AMQPValue::LongLongInt(1));
         for name in [
-            ERROR_CODE_HEADER,
-            ERROR_MESSAGE_HEADER,
-            DEAD_LETTERED_AT_HEADER,
+            ERROR_CODE,
+            ERROR_MESSAGE,
+            DEAD_LETTERED_AT,
             "x-first-death-reason",
             "x-first-death-queue",
             "x-last-death-reason",
         ] {
             headers.insert(name.into(), long("x"));
         }
-        headers.insert(ERROR_ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(3));
+        headers.insert(ERROR_ATTEMPTS.into(), AMQPValue::LongLongInt(3));
         headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(5));
         headers.insert(
             "x-death".into(),
@@ -933,8 +935,8 @@ mod tests {
             .flatten()
             .map(|(name, _)| name.as_str())
             .collect();
-        assert_eq!(names, ["outage-requeues", REPLAY_COUNT_HEADER, "tenant"]);
-        assert_eq!(header_i64(replayed.headers(), REPLAY_COUNT_HEADER), Some(2));
+        assert_eq!(names, ["outage-requeues", REPLAY_COUNT, "tenant"]);
+        assert_eq!(header_i64(replayed.headers(), REPLAY_COUNT), Some(2));
         assert_eq!(replayed.message_id(), original.message_id());
         assert_eq!(replayed.kind(), original.kind());
         assert_eq!(replayed.correlation_id(), original.correlation_id());

@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 
-use crate::amqp::publisher::{Outgoing, json_properties};
-use crate::amqp::{Publisher, connect, header_i64, topology};
+use crate::amqp::headers::{self, ProducerMessage, header_i64};
+use crate::amqp::publisher::Outgoing;
+use crate::amqp::{Publisher, connect, topology};
 use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -40,18 +41,14 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     topology::declare(&channel, &settings.amqp).await?;
 
     let correlation_id = uuid::Uuid::new_v4().to_string();
-    let mut properties = json_properties()
-        .with_type(args.dialect.as_str().into())
-        .with_correlation_id(correlation_id.as_str().into());
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "tenant".into(),
-        AMQPValue::LongString(LongString::from(args.tenant.as_str())),
-    );
-    properties = properties.with_headers(headers);
-    if let Some(message_id) = &args.message_id {
-        properties = properties.with_message_id(message_id.as_str().into());
+    let mut properties = ProducerMessage {
+        dialect: Some(&args.dialect),
+        tenant: Some(&args.tenant),
+        message_id: args.message_id.as_deref(),
+        correlation_id: Some(&correlation_id),
+        reply_to: None,
     }
+    .properties();
 
     let mut replies = None;
     if args.wait {
@@ -107,8 +104,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             let reply: serde_json::Value =
                 serde_json::from_slice(&delivery.data).context("the reply is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&reply)?);
-            let part = header_i64(delivery.properties.headers(), "part").unwrap_or(1);
-            let parts = header_i64(delivery.properties.headers(), "parts").unwrap_or(1);
+            let part = header_i64(delivery.properties.headers(), headers::PART).unwrap_or(1);
+            let parts = header_i64(delivery.properties.headers(), headers::PARTS).unwrap_or(1);
             if part >= parts {
                 break;
             }

@@ -158,7 +158,7 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit_with_its_rea
     let dead = app.dead_letters().await;
     assert_eq!(dead.len(), 1);
     let headers = dead[0].properties.headers();
-    use customer_ingest::amqp::{header_i64, header_str};
+    use customer_ingest::amqp::headers::{header_i64, header_str};
     assert_eq!(header_str(headers, "error-code"), Some("processing_failed"));
     assert!(
         header_str(headers, "error-message")

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use customer_ingest::amqp::headers::ProducerMessage;
 use customer_ingest::config::Settings;
 use customer_ingest::startup::Application;
 use futures_util::StreamExt;
@@ -13,7 +14,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -190,29 +191,14 @@ impl TestApp {
 
     /// Publishes a body to the ingest queue as a producer would.
     pub async fn publish(&self, message: Message<'_>) {
-        let mut headers = FieldTable::default();
-        if let Some(tenant) = message.tenant {
-            headers.insert(
-                "tenant".into(),
-                AMQPValue::LongString(LongString::from(tenant)),
-            );
+        let properties = ProducerMessage {
+            dialect: message.dialect,
+            tenant: message.tenant,
+            message_id: message.message_id,
+            correlation_id: message.correlation_id,
+            reply_to: message.reply_to,
         }
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        if let Some(dialect) = message.dialect {
-            properties = properties.with_type(dialect.into());
-        }
-        if let Some(id) = message.message_id {
-            properties = properties.with_message_id(id.into());
-        }
-        if let Some(id) = message.correlation_id {
-            properties = properties.with_correlation_id(id.into());
-        }
-        if let Some(reply_to) = message.reply_to {
-            properties = properties.with_reply_to(reply_to.into());
-        }
+        .properties();
         self.channel
             .basic_publish(
                 "".into(),

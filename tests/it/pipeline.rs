@@ -191,7 +191,7 @@ async fn a_garbage_body_lands_in_the_dead_letter_queue_with_a_rejected_reply() {
     assert_eq!(dead[0].data, b"this is not json");
     let headers = dead[0].properties.headers();
     assert_eq!(
-        customer_ingest::amqp::header_str(headers, "error-code"),
+        customer_ingest::amqp::headers::header_str(headers, "error-code"),
         Some("invalid_json")
     );
     assert_eq!(
@@ -398,10 +398,13 @@ async fn a_reply_too_large_for_one_message_comes_in_numbered_parts_covering_ever
         assert_eq!(part["counts"]["total"], 100);
         let headers = properties.headers();
         assert_eq!(
-            customer_ingest::amqp::header_i64(headers, "part"),
+            customer_ingest::amqp::headers::header_i64(headers, "part"),
             Some(expected)
         );
-        assert_eq!(customer_ingest::amqp::header_i64(headers, "parts"), Some(3));
+        assert_eq!(
+            customer_ingest::amqp::headers::header_i64(headers, "parts"),
+            Some(3)
+        );
         let n = records(&part).len();
         assert_eq!(part["response"]["successful"].as_array().unwrap().len(), n);
         indexes.extend(records(&part).iter().map(|r| r["index"].as_u64().unwrap()));

@@ -1,0 +1,116 @@
+//! Every header and `type` name this service reads or writes, and the readers and writers of header
+//! values. The one home of the wire names: the consumer, the replies, the relay, `publish`, `dlq` and
+//! the tests all use these, so a name cannot drift between the writer and the reader.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+/// The tenant a message writes to (producer messages), or belongs to (replies and events).
+pub const TENANT: &str = "tenant";
+/// Which delivery of a message this is, counted by quorum queues (absent on the first).
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+/// Set by the broker on a message it dead-lettered itself.
+pub const X_DEATH: &str = "x-death";
+/// Header on a copy that was handed back to the queue during a database outage.
+pub const OUTAGE_REQUEUES: &str = "outage-requeues";
+/// Header on a message moved back from the dead-letter queue by `dlq replay`.
+pub const REPLAY_COUNT: &str = "replay-count";
+/// Headers on a message this service dead-lettered: why (a code and a message), after how many
+/// deliveries, and when. Messages the broker dead-lettered itself carry `x-death` instead.
+pub const ERROR_CODE: &str = "error-code";
+pub const ERROR_MESSAGE: &str = "error-message";
+pub const ERROR_ATTEMPTS: &str = "error-attempts";
+pub const DEAD_LETTERED_AT: &str = "dead-lettered-at";
+/// Headers on a reply part: its batch, the batch's status, and which part of how many it is.
+pub const BATCH_ID: &str = "batch_id";
+pub const STATUS: &str = "status";
+pub const PART: &str = "part";
+pub const PARTS: &str = "parts";
+/// Header on an event: the customer it is about.
+pub const CUSTOMER_ID: &str = "customer_id";
+
+/// The `type` property of a reply.
+pub const REPLY_TYPE: &str = "ingest-result";
+
+/// A header's value as text, whichever string type the producer's client used.
+pub fn header_str<'a>(headers: &'a Option<FieldTable>, name: &str) -> Option<&'a str> {
+    value_str(headers.as_ref()?.inner().get(name)?)
+}
+
+/// A field value as text, whichever string type it was sent as.
+pub fn value_str(value: &AMQPValue) -> Option<&str> {
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// A numeric header as an integer, whichever integer type the producer's client used.
+pub fn header_i64(headers: &Option<FieldTable>, name: &str) -> Option<i64> {
+    value_i64(headers.as_ref()?.inner().get(name)?)
+}
+
+/// A field value as an integer, whichever integer type it was sent as.
+pub fn value_i64(value: &AMQPValue) -> Option<i64> {
+    match *value {
+        AMQPValue::ShortShortInt(v) => Some(v.into()),
+        AMQPValue::ShortShortUInt(v) => Some(v.into()),
+        AMQPValue::ShortInt(v) => Some(v.into()),
+        AMQPValue::ShortUInt(v) => Some(v.into()),
+        AMQPValue::LongInt(v) => Some(v.into()),
+        AMQPValue::LongUInt(v) => Some(v.into()),
+        AMQPValue::LongLongInt(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// A text header value.
+pub fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Which delivery of a message this is (1 for the first).
+pub fn delivery_attempt(properties: &BasicProperties) -> i64 {
+    header_i64(properties.headers(), DELIVERY_COUNT).unwrap_or(0) + 1
+}
+
+/// What a producer puts on an ingest message. Every field is optional so that tests can leave one
+/// out on purpose; a real producer sets `dialect` and `tenant`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProducerMessage<'a> {
+    /// The `type` property: which dialect the body is written in.
+    pub dialect: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    /// The batch id; without one the body's SHA-256 is the batch id.
+    pub message_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+}
+
+impl ProducerMessage<'_> {
+    /// The properties of a persistent JSON ingest message.
+    pub fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Some(tenant) = self.tenant {
+            headers.insert(TENANT.into(), long_string(tenant));
+        }
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(dialect) = self.dialect {
+            properties = properties.with_type(dialect.into());
+        }
+        if let Some(id) = self.message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        if let Some(id) = self.correlation_id {
+            properties = properties.with_correlation_id(id.into());
+        }
+        if let Some(reply_to) = self.reply_to {
+            properties = properties.with_reply_to(reply_to.into());
+        }
+        properties
+    }
+}
