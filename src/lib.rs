@@ -1,22 +1,35 @@
 //! `customer-ingest` consumes bulk customer payloads from RabbitMQ and upserts them into Postgres.
 //!
-//! How a message flows:
+//! One message's path:
 //!
 //! 1. [`amqp::consumer`] takes a delivery from the ingest queue (prefetch and a semaphore cap the
-//!    messages in hand) and hands it to [`pipeline`].
-//! 2. [`pipeline`] reads the envelope (batch id, tenant, dialect), sends the stored reply again if the
-//!    batch already completed, and otherwise lets the [`dialect`] parse the body into the common
-//!    [`model::Customer`], one result per record.
-//! 3. Valid records are split into chunks; [`store::customers`] applies each chunk in one
-//!    transaction: a set-based upsert, an outbox row per real change, and the chunk's results.
-//!    Transient database errors are retried with backoff while the message stays unacknowledged.
-//! 4. [`store::batches`] records the batch and its [`reply::Reply`]; the reply is published with a
-//!    publisher confirm, and only then is the delivery acknowledged.
-//! 5. [`relay`] publishes the outbox to the events exchange, in order, after each commit.
+//!    messages in hand) and spawns [`amqp::inbound`] for it.
+//! 2. [`amqp::inbound`] reads its [`ingest::Envelope`] (batch id, tenant, dialect, reply address:
+//!    [`amqp::envelope`], names in [`amqp::headers`]) and calls [`ingest::Ingest::process`], which
+//!    knows nothing of the broker.
+//! 3. [`ingest`] checks the message (size, tenant, type, UTF-8, nesting), answers a batch that
+//!    completed before from its stored reply, and otherwise lets the [`dialect`] parse the body into
+//!    the common [`model::Customer`], one result per record. Keys are given in one place
+//!    (`ingest::keys`, from the dialect's [`dialect::Keying`]; contact matching by [`matching`] and
+//!    [`store::contacts`]); references to other customers are checked against the store.
+//! 4. Valid records are split into chunks; [`store::customers`] applies each chunk in one
+//!    transaction: a set-based upsert, one outbox row holding the chunk's events, and the chunk's
+//!    results. Transient database errors are retried with backoff while the message stays
+//!    unacknowledged.
+//! 5. [`store::batches`] records the batch and its [`reply::Reply`]. Back in [`amqp::inbound`], the
+//!    reply goes out in parts ([`amqp::replies`]) with a publisher confirm, and only then is the
+//!    delivery acknowledged; a message that can never be processed is dead-lettered and answered
+//!    `rejected`, one that met a database outage is handed back as a fresh copy, and any other failure
+//!    is requeued until its last allowed delivery dead-letters it.
+//! 6. [`relay`] publishes the outbox to the events exchange ([`amqp::events`]), in order, after each
+//!    commit.
 //!
 //! Around it: [`config`] (settings), [`metrics`] and [`http`] (`/metrics`, `/healthz`, `/readyz`),
 //! [`health`] (readiness, and the gate that stops consuming while Postgres is away), [`shutdown`]
 //! (signals), [`startup`] (wiring) and [`cli`] (the subcommands).
+//!
+//! Layering, checked by `scripts/check-layers.sh`: only [`amqp`] (and the operator commands in
+//! [`cli`]) know lapin; a dialect never touches AMQP or SQL; the store never imports a dialect.
 
 pub mod amqp;
 pub mod cli;
@@ -25,9 +38,9 @@ pub mod dialect;
 pub mod failpoints;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod model;
-pub mod pipeline;
 pub mod relay;
 pub mod reply;
 pub mod shutdown;

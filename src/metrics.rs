@@ -13,7 +13,8 @@ const PREFIX: &str = "customer_ingest";
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Messages finished, by dialect and outcome (completed, partial, failed, rejected, duplicate).
+    /// Messages finished, by dialect and outcome: completed, partial, failed, rejected, requeued (a
+    /// database outage), retried (handed back after an error) or dead_lettered (at its last delivery).
     pub messages: IntCounterVec,
     /// Records finished, by dialect and action.
     pub records: IntCounterVec,

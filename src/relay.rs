@@ -7,14 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::Publisher;
-use crate::amqp::headers::{CUSTOMER_ID, TENANT, long_string};
-use crate::amqp::publisher::{Outgoing, json_properties};
+use crate::amqp::{Publisher, events};
 use crate::config::RelaySettings;
 use crate::metrics::Metrics;
 use crate::store::outbox::{self, PendingEvent};
@@ -87,21 +84,21 @@ impl Relay {
             return false;
         }
         let bodies: Vec<Vec<u8>> = claim.events.iter().map(event_body).collect();
-        let messages: Vec<Outgoing> = claim
+        let messages: Vec<events::Event> = claim
             .events
             .iter()
             .zip(&bodies)
-            .map(|(event, body)| Outgoing {
-                exchange: &self.exchange,
-                routing_key: &event.routing_key,
+            .map(|(event, body)| events::Event {
+                id: event.event_id,
+                kind: &event.routing_key,
+                tenant: &event.tenant,
+                customer_id: event.customer_id,
                 body,
-                properties: event_properties(event),
-                mandatory: false,
             })
             .collect();
         let count = messages.len();
         fail::fail_point!("relay-before-publish", |_| crate::failpoints::crash());
-        if let Err(error) = publisher.publish_all(&messages).await {
+        if let Err(error) = events::publish(publisher, &self.exchange, &messages).await {
             // The claim is rolled back: the same events, with the same ids, go out on the next try.
             tracing::warn!(error = ?error, "publishing events failed; will retry");
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -163,17 +160,4 @@ fn event_body(event: &PendingEvent) -> Vec<u8> {
         customer: &event.customer,
     })
     .expect("an event always serializes")
-}
-
-fn event_properties(event: &PendingEvent) -> lapin::BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(TENANT.into(), long_string(&event.tenant));
-    headers.insert(
-        CUSTOMER_ID.into(),
-        long_string(&event.customer_id.to_string()),
-    );
-    json_properties()
-        .with_message_id(event.event_id.to_string().into())
-        .with_type(event.routing_key.as_str().into())
-        .with_headers(headers)
 }

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::dialect;
+use crate::dialect::{self, Rejection};
+use crate::ingest::Envelope;
 use crate::model::{BatchStatus, Counts, RecordResult};
 
 /// The reply body. Stored whole in `processed_batches` when a batch completes; every later delivery of
@@ -49,6 +50,27 @@ impl Default for Part {
 }
 
 impl Reply {
+    /// The reply to a message that was rejected whole: nothing of it was applied.
+    pub fn rejected(envelope: &Envelope, rejection: Rejection, started_at: DateTime<Utc>) -> Reply {
+        Reply {
+            batch_id: envelope.batch_id.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            tenant: envelope.tenant.clone(),
+            dialect: envelope.dialect.clone(),
+            status: BatchStatus::Rejected,
+            counts: Counts::default(),
+            records: vec![],
+            response: serde_json::Value::Null,
+            error: Some(ReplyError {
+                code: rejection.code.to_owned(),
+                message: rejection.message,
+            }),
+            started_at,
+            finished_at: Utc::now(),
+            part: Default::default(),
+        }
+    }
+
     /// Splits the reply into messages of at most `records_per_message` records each, so that a reply to
     /// a 100,000-record batch stays far below the broker's maximum message size while still carrying
     /// every record's id and outcome. Each part re-renders the dialect response for its own records.

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::amqp::consumer::Supervisor;
+use crate::amqp::inbound::Inbound;
 use crate::config::Settings;
 use crate::health::Health;
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
 use crate::relay::Relay;
 use crate::{http, store};
 
@@ -66,14 +67,19 @@ impl Application {
         } = self;
         let relay_wakeup = Arc::new(Notify::new());
         let (publisher_tx, publisher_rx) = watch::channel(None);
-        let pipeline = Arc::new(Pipeline::new(
+        let ingest = Arc::new(Ingest::new(
             pool.clone(),
             settings.pipeline.clone(),
-            settings.amqp.clone(),
             settings.database.retry_budget(),
             metrics.clone(),
             health.clone(),
             relay_wakeup.clone(),
+        ));
+        let inbound = Arc::new(Inbound::new(
+            ingest,
+            settings.amqp.clone(),
+            &settings.pipeline,
+            metrics.clone(),
         ));
 
         let http_stop = CancellationToken::new();
@@ -107,7 +113,7 @@ impl Application {
         let stopped = Supervisor {
             settings: settings.amqp.clone(),
             concurrency: settings.pipeline.concurrency,
-            pipeline,
+            inbound,
             health: health.clone(),
             metrics: metrics.clone(),
             publisher: publisher_tx,

@@ -13,16 +13,16 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::inbound::Inbound;
 use super::{Publisher, connect, topology};
 use crate::config::AmqpSettings;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
 
 pub struct Supervisor {
     pub settings: AmqpSettings,
     pub concurrency: usize,
-    pub pipeline: Arc<Pipeline>,
+    pub inbound: Arc<Inbound>,
     pub health: Health,
     pub metrics: Metrics,
     /// The publisher of the current session, for the relay; `None` while there is none.
@@ -186,10 +186,10 @@ impl Supervisor {
                     tracing::info!("RabbitMQ connection recovered");
                 }
                 Some(Ok(delivery)) => {
-                    let pipeline = self.pipeline.clone();
+                    let inbound = self.inbound.clone();
                     let publisher = publisher.clone();
                     tracker.spawn(async move {
-                        pipeline.handle(delivery, &publisher).await;
+                        inbound.handle(delivery, &publisher).await;
                         drop(permit);
                     });
                 }

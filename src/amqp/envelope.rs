@@ -4,18 +4,10 @@ use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
 
 use super::headers::{self, header_str};
-
-/// The message properties the pipeline reads.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub batch_id: String,
-    pub correlation_id: Option<String>,
-    pub reply_to: Option<String>,
-    pub dialect: Option<String>,
-    pub tenant: Option<String>,
-}
+use crate::ingest::Envelope;
 
 impl Envelope {
+    /// The envelope of an ingest message: its batch id, reply address, dialect and tenant.
     pub fn read(properties: &BasicProperties, body: &[u8]) -> Self {
         let text = |value: &Option<lapin::types::ShortString>| {
             value

@@ -22,13 +22,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use crate::amqp::Publisher;
-use crate::amqp::envelope::Envelope;
 use crate::amqp::headers::{
     self, DEAD_LETTERED_AT, ERROR_ATTEMPTS, ERROR_CODE, ERROR_MESSAGE, REPLAY_COUNT, header_i64,
     header_str, value_i64, value_str,
 };
 use crate::amqp::publisher::{Delivered, Outgoing};
 use crate::config::Settings;
+use crate::ingest::Envelope;
 
 /// The most of a body `show` prints: enough to read a batch's first records, not a 16 MiB wall.
 const SHOW_BODY_LIMIT: usize = 64 * 1024;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::text::{Checker, MAX_TEXT_CHARS, decode_error};
-use super::{Dialect, Limits, Rejection, raw_records};
+use super::{Dialect, Keying, Limits, Rejection, raw_records};
 use crate::model::{
     Action, Address, Customer, FieldError, ParsedRecord, RecordResult, Reference, ReferenceTarget,
 };
@@ -89,13 +89,18 @@ impl Dialect for AddWithAccounts {
             .collect())
     }
 
-    fn generates_keys(&self) -> bool {
-        true
+    fn keying(&self) -> Keying {
+        Keying::BatchPosition
     }
 
     /// A customer billed to another one's account carries a copy of that account, as the API's
     /// response shows it.
-    fn resolve(&self, tenant: &str, customer: &mut Customer, referenced: &HashMap<Uuid, Customer>) {
+    fn complete(
+        &self,
+        tenant: &str,
+        customer: &mut Customer,
+        referenced: &HashMap<Uuid, Customer>,
+    ) {
         customer
             .extra
             .insert("franchiseId".to_owned(), tenant.to_owned());

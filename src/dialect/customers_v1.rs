@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::text::{Checker, MAX_KEY_CHARS, decode_error};
 use super::upsert_by_id::{ATTRIBUTE_TYPES, value_fits};
-use super::{Dialect, Limits, Rejection, customers_member};
+use super::{Dialect, Keying, Limits, Rejection, customers_member};
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult, Reference, ReferenceTarget};
 
 pub struct CustomersV1;
@@ -19,6 +19,10 @@ pub struct CustomersV1;
 const MAX_FIELD_CHARS: usize = 4000;
 
 impl Dialect for CustomersV1 {
+    fn keying(&self) -> Keying {
+        Keying::Producer
+    }
+
     fn name(&self) -> &'static str {
         "customers.v1"
     }

@@ -54,7 +54,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
-use super::{Dialect, Limits, Rejection, check_record_count, invalid_body};
+use super::{Dialect, Keying, Limits, Merge, Rejection, check_record_count, invalid_body};
 use crate::model::{Action, Address, Customer, FieldError, ParsedRecord, RecordResult};
 
 pub struct MatchByContact;
@@ -329,16 +329,12 @@ impl Dialect for MatchByContact {
         }
     }
 
-    fn merges(&self) -> bool {
-        true
+    fn keying(&self) -> Keying {
+        Keying::ByContact
     }
 
-    fn merge(&self, stored: Customer, incoming: Customer) -> Customer {
-        merge(stored, incoming)
-    }
-
-    fn matches_by_contact(&self) -> bool {
-        true
+    fn merge(&self) -> Option<Merge> {
+        Some(merge)
     }
 }
 

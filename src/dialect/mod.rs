@@ -75,35 +75,20 @@ pub trait Dialect: Send + Sync + 'static {
         self.render_response(&records[range], &[])
     }
 
-    /// Whether this dialect's records carry no key of their own (every record adds a customer). The
-    /// pipeline then keys each valid record by its batch id and position, so a redelivered batch
-    /// finds the customers it added instead of adding them again.
-    fn generates_keys(&self) -> bool {
-        false
-    }
+    /// How this dialect's records find the key of the customer they write. Every dialect decides;
+    /// [`crate::ingest`] matches the decision in one place.
+    fn keying(&self) -> Keying;
 
-    /// Whether a record updates a stored customer by merging into it ([`Dialect::merge`]) rather
-    /// than replacing it. Merging reads the stored customers of each chunk under a row lock first.
-    fn merges(&self) -> bool {
-        false
-    }
-
-    /// The stored customer updated by `incoming`.
-    fn merge(&self, _stored: Customer, incoming: Customer) -> Customer {
-        incoming
-    }
-
-    /// Whether this dialect's records carry no key and are matched to stored customers by their
-    /// contact details instead (`match-by-contact`). The pipeline then has
-    /// [`crate::store::contacts`] give every valid record the key of the customer it updates or
-    /// adds, before references are checked and the records applied.
-    fn matches_by_contact(&self) -> bool {
-        false
+    /// How a record updates a stored customer: `None` replaces the stored document with the
+    /// record's; `Some(merge)` merges the record into it, which costs a read of the chunk's stored
+    /// customers under a row lock first.
+    fn merge(&self) -> Option<Merge> {
+        None
     }
 
     /// Completes a valid record before it is stored, with its tenant and the customers it references
     /// by id (all found in the tenant).
-    fn resolve(
+    fn complete(
         &self,
         _tenant: &str,
         _customer: &mut Customer,
@@ -111,6 +96,23 @@ pub trait Dialect: Send + Sync + 'static {
     ) {
     }
 }
+
+/// How the records of a dialect are given the key of the customer they write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keying {
+    /// Each record names its customer's key itself (a customer id or code).
+    Producer,
+    /// Records carry no key and every record adds a customer: each valid record is keyed by its
+    /// batch id and position, so a redelivered batch finds the customers it added instead of adding
+    /// them again.
+    BatchPosition,
+    /// Records carry no key and are matched to stored customers by their contact details; each
+    /// valid record is given the key of the customer it updates, or a new one.
+    ByContact,
+}
+
+/// Merges an incoming record into the stored customer it updates.
+pub type Merge = fn(stored: Customer, incoming: Customer) -> Customer;
 
 /// Every dialect this service reads, by `type` property.
 pub static DIALECTS: &[&dyn Dialect] = &[
@@ -140,43 +142,6 @@ pub(crate) fn invalid_body(body: &str, error: &serde_json::Error) -> Rejection {
     } else {
         Rejection::new("invalid_json", format!("the body is not JSON: {error}"))
     }
-}
-
-/// Deepest nesting of arrays and objects a body may have. The bodies of every dialect need fewer than
-/// ten levels; the limit keeps a hostile body from costing deep recursion anywhere downstream.
-pub const MAX_NESTING: usize = 32;
-
-/// Refuses a body nested deeper than [`MAX_NESTING`], in one pass over its bytes, before it is parsed.
-pub fn check_nesting(body: &str) -> Result<(), Rejection> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for byte in body.bytes() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(Rejection::new(
-                        "too_deep",
-                        format!("the body is nested more than {MAX_NESTING} levels deep"),
-                    ));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Parses a JSON body into its top-level array of raw records, borrowing from the body so that
@@ -232,16 +197,6 @@ mod tests {
             assert_eq!(find(dialect.name()).map(|d| d.name()), Some(dialect.name()));
         }
         assert!(find("no-such-dialect").is_none());
-    }
-
-    #[test]
-    fn deep_nesting_is_rejected_not_overflowed() {
-        let body = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
-        let error = check_nesting(&body).unwrap_err();
-        assert_eq!(error.code, "too_deep");
-        // Brackets inside strings are text, not nesting.
-        let quoted = format!(r#"[{{"a": "{}\"{}"}}]"#, "[".repeat(100), "{".repeat(100));
-        assert_eq!(check_nesting(&quoted), Ok(()));
     }
 
     #[test]

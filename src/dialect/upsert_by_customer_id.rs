@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
-use super::{Dialect, Limits, Rejection, raw_records};
+use super::{Dialect, Keying, Limits, Rejection, raw_records};
 use crate::model::{Action, Address, Customer, OrderingGroup, ParsedRecord, RecordResult};
 
 pub struct UpsertByCustomerId;
@@ -67,6 +67,10 @@ struct KeyOnly<'a> {
 }
 
 impl Dialect for UpsertByCustomerId {
+    fn keying(&self) -> Keying {
+        Keying::Producer
+    }
+
     fn name(&self) -> &'static str {
         "upsert-by-customer-id"
     }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
-use super::{Dialect, Limits, Rejection, customers_member};
+use super::{Dialect, Keying, Limits, Merge, Rejection, customers_member};
 use crate::model::{
     Action, Attribute, Customer, FieldError, ParsedRecord, RecordResult, Reference,
     ReferenceTarget, TypedAddress,
@@ -100,6 +100,10 @@ pub(crate) const ATTRIBUTE_TYPES: &[&str] = &[
 ];
 
 impl Dialect for UpsertById {
+    fn keying(&self) -> Keying {
+        Keying::Producer
+    }
+
     fn name(&self) -> &'static str {
         "upsert-by-id"
     }
@@ -138,26 +142,29 @@ impl Dialect for UpsertById {
         json!({"data": data, "messages": ["Completed"], "total": records.len()})
     }
 
-    fn merges(&self) -> bool {
-        true
+    fn merge(&self) -> Option<Merge> {
+        Some(merge)
     }
+}
 
-    fn merge(&self, stored: Customer, incoming: Customer) -> Customer {
-        let attributes = merge_attributes(&stored.attributes, incoming.attributes.clone());
-        let addresses = merge_addresses(&stored.addresses, incoming.addresses.clone());
-        let (Value::Object(mut merged), Value::Object(changes)) = (
-            serde_json::to_value(&stored).expect("a customer serializes"),
-            serde_json::to_value(&incoming).expect("a customer serializes"),
-        ) else {
-            unreachable!("a customer serializes to an object");
-        };
-        merged.extend(changes);
-        let mut customer: Customer =
-            serde_json::from_value(Value::Object(merged)).unwrap_or(incoming);
-        customer.attributes = attributes;
-        customer.addresses = addresses;
-        customer
-    }
+/// The stored customer with the fields the record sets replaced, its attributes merged by name and
+/// its addresses by type.
+fn merge(stored: Customer, incoming: Customer) -> Customer {
+    let attributes = merge_attributes(&stored.attributes, incoming.attributes.clone());
+    let addresses = merge_addresses(&stored.addresses, incoming.addresses.clone());
+    let mut customer = match (
+        serde_json::to_value(&stored),
+        serde_json::to_value(&incoming),
+    ) {
+        (Ok(Value::Object(mut merged)), Ok(Value::Object(changes))) => {
+            merged.extend(changes);
+            serde_json::from_value(Value::Object(merged)).unwrap_or(incoming)
+        }
+        _ => incoming,
+    };
+    customer.attributes = attributes;
+    customer.addresses = addresses;
+    customer
 }
 
 /// The key as the producer sent it: a number when it is one.
@@ -643,7 +650,7 @@ mod tests {
             }],
             ..Customer::default()
         };
-        let merged = UpsertById.merge(stored, incoming);
+        let merged = merge(stored, incoming);
         assert_eq!(merged.first_name.as_deref(), Some("Anna"));
         assert_eq!(
             merged.email.as_deref(),

@@ -25,8 +25,11 @@ pub struct Applied {
     pub action: Action,
 }
 
+/// How a chunk's rows become the stored documents of customers that exist already.
+pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
+
 /// Inserts new keys, updates changed ones (bumping `version`) and leaves unchanged ones alone, in one
-/// statement; writes an outbox event for every insert and real update in that same statement; records
+/// statement; writes one outbox row holding the events of every insert and real update; records
 /// the chunk's results for `(tenant, batch_id, chunk_index)`; and commits.
 ///
 /// A chunk whose results are already recorded (a redelivered batch, or the same batch being worked on
@@ -35,9 +38,6 @@ pub struct Applied {
 ///
 /// `rows` must hold each key once; they are applied in key order so that two chunks touching the same
 /// customers lock them in the same order.
-/// How a chunk's rows become the stored documents of customers that exist already.
-pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
-
 pub async fn apply_chunk(
     pool: &PgPool,
     tenant: &str,

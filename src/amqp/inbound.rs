@@ -1,0 +1,305 @@
+//! One delivery from the ingest queue: read its envelope, hand it to [`Ingest::process`], and settle
+//! it from the typed result. Ack only after the reply is confirmed; a rejected message is
+//! dead-lettered (confirmed) and answered; an outage hands back a fresh copy; anything else goes back
+//! to the queue, counting one delivery, until its last allowed delivery dead-letters it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
+
+use super::Publisher;
+use super::headers::{self, header_i64, long_string};
+use super::publisher::{Delivered, Outgoing};
+use super::replies;
+use crate::config::{AmqpSettings, PipelineSettings};
+use crate::dialect::Rejection;
+use crate::ingest::{BatchError, Envelope, Ingest};
+use crate::metrics::Metrics;
+use crate::reply::Reply;
+
+/// Why a delivery was not settled for good.
+#[derive(Debug, thiserror::Error)]
+enum Unfinished {
+    /// RabbitMQ failed us mid-way (a publish was not confirmed). Everything already committed is
+    /// found again by the next delivery, not applied twice.
+    #[error("broker failure: {0:#}")]
+    Broker(anyhow::Error),
+    /// See [`BatchError::Failed`].
+    #[error("processing failed: {0:#}")]
+    Failed(anyhow::Error),
+}
+
+pub struct Inbound {
+    ingest: Arc<Ingest>,
+    amqp: AmqpSettings,
+    reply_records_per_message: usize,
+    metrics: Metrics,
+}
+
+impl Inbound {
+    pub fn new(
+        ingest: Arc<Ingest>,
+        amqp: AmqpSettings,
+        pipeline: &PipelineSettings,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            ingest,
+            amqp,
+            reply_records_per_message: pipeline.reply_records_per_message,
+            metrics,
+        }
+    }
+
+    /// Processes one delivery and settles it. Never panics on input; a delivery that could not be
+    /// finished is handed back for the broker to redeliver.
+    #[tracing::instrument(skip_all, fields(batch_id, tenant, dialect))]
+    pub async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        self.metrics.in_flight.inc();
+        if delivery.redelivered {
+            self.metrics.redeliveries.inc();
+        }
+        if header_i64(delivery.properties.headers(), headers::REPLAY_COUNT).is_some() {
+            self.metrics.replays.inc();
+        }
+        let envelope = Envelope::read(&delivery.properties, &delivery.data);
+        let span = tracing::Span::current();
+        span.record("batch_id", envelope.batch_id.as_str());
+        if let Some(tenant) = &envelope.tenant {
+            span.record("tenant", tenant.as_str());
+        }
+        if let Some(dialect) = &envelope.dialect {
+            span.record("dialect", dialect.as_str());
+        }
+        let dialect_label = envelope.dialect_label();
+
+        let outcome = match self.ingest.process(&envelope, &delivery.data).await {
+            Ok(reply) => {
+                fail::fail_point!("batch-before-reply", |_| crate::failpoints::crash());
+                let outcome = reply.status.as_str();
+                self.send_reply(publisher, &envelope, reply)
+                    .await
+                    .map(|()| outcome)
+            }
+            Err(BatchError::Rejected(rejection)) => self
+                .reject(publisher, &delivery, &envelope, rejection, started_at)
+                .await
+                .map(|()| "rejected"),
+            Err(BatchError::DatabaseUnavailable(error)) => {
+                tracing::warn!(error = %error, "database unreachable for the whole retry budget; handing the message back to the queue");
+                self.requeue_for_outage(publisher, &delivery)
+                    .await
+                    .map(|()| "requeued")
+            }
+            Err(BatchError::Failed(error)) => Err(Unfinished::Failed(error)),
+        };
+
+        match outcome {
+            Ok(outcome) => {
+                fail::fail_point!("batch-before-ack", |_| crate::failpoints::crash());
+                ack(&delivery).await;
+                self.metrics
+                    .messages
+                    .with_label_values(&[dialect_label, outcome])
+                    .inc();
+                self.metrics
+                    .batch_duration
+                    .with_label_values(&[dialect_label])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                let outcome = self.give_back(publisher, &delivery, &envelope, error).await;
+                self.metrics
+                    .messages
+                    .with_label_values(&[dialect_label, outcome])
+                    .inc();
+            }
+        }
+        self.metrics.in_flight.dec();
+    }
+
+    /// A message that did not finish goes back to the queue to be tried again, counting one delivery;
+    /// on its last allowed delivery it is dead-lettered with the error instead.
+    async fn give_back(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        error: Unfinished,
+    ) -> &'static str {
+        let attempt = headers::delivery_attempt(&delivery.properties);
+        tracing::error!(error = ?error, attempt, "message not finished");
+        if let Unfinished::Failed(cause) = &error
+            && attempt >= i64::from(self.amqp.delivery_limit)
+        {
+            let rejection = Rejection::new("processing_failed", format!("{cause:#}"));
+            match self
+                .reject(publisher, delivery, envelope, rejection, Utc::now())
+                .await
+            {
+                Ok(()) => {
+                    ack(delivery).await;
+                    return "dead_lettered";
+                }
+                Err(error) => tracing::error!(error = ?error, "dead-lettering failed"),
+            }
+        }
+        // `reject`, not `nack`: RabbitMQ 4.3+ counts only a reject against the delivery limit, and
+        // both count on earlier versions. If the channel is gone this does nothing: the broker has
+        // already requeued the message.
+        let options = BasicRejectOptions { requeue: true };
+        let rejected =
+            tokio::time::timeout(Duration::from_secs(10), delivery.acker.reject(options)).await;
+        if let Ok(Err(error)) = rejected {
+            tracing::warn!(error = %error, "requeue failed; the broker requeues the message when the channel closes");
+        }
+        "retried"
+    }
+
+    async fn send_reply(
+        &self,
+        publisher: &Publisher,
+        envelope: &Envelope,
+        reply: Reply,
+    ) -> Result<(), Unfinished> {
+        let reply = Reply {
+            // A reply sent again for a redelivered or repeated batch answers this delivery.
+            correlation_id: envelope.correlation_id.clone(),
+            ..reply
+        };
+        let routing_key = envelope
+            .reply_to
+            .as_deref()
+            .unwrap_or(&self.amqp.results_queue);
+        let parts = replies::parts(reply, self.reply_records_per_message)
+            .map_err(|error| Unfinished::Failed(anyhow::Error::new(error).context("the reply")))?;
+        let messages: Vec<Outgoing> = parts
+            .iter()
+            .map(|(body, properties)| Outgoing {
+                exchange: "",
+                routing_key,
+                body,
+                properties: properties.clone(),
+                mandatory: true,
+            })
+            .collect();
+        let delivered = publisher
+            .publish_all(&messages)
+            .await
+            .map_err(Unfinished::Broker)?;
+        self.metrics
+            .replies_published
+            .inc_by(delivered.len() as u64);
+        if delivered.contains(&Delivered::Unroutable) {
+            // Nothing more can be done for the producer: its reply queue does not exist. The reply
+            // stays stored and is sent again if the batch is published again.
+            tracing::warn!(
+                reply_to = routing_key,
+                "reply unroutable: no queue by that name"
+            );
+        }
+        Ok(())
+    }
+
+    /// Dead-letters a message that can never be processed, with the reason in its headers, then
+    /// answers it with a `rejected` reply. The copy is confirmed before the original is acknowledged,
+    /// so a crash in between leaves at worst two copies, never none.
+    async fn reject(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        rejection: Rejection,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), Unfinished> {
+        // The message goes to the producer and the dead-letter headers; the log gets the code only.
+        tracing::warn!(code = rejection.code, "message rejected");
+        let mut table = delivery.properties.headers().clone().unwrap_or_default();
+        table.insert(headers::ERROR_CODE.into(), long_string(rejection.code));
+        table.insert(
+            headers::ERROR_MESSAGE.into(),
+            long_string(&rejection.message),
+        );
+        table.insert(
+            headers::ERROR_ATTEMPTS.into(),
+            AMQPValue::LongLongInt(headers::delivery_attempt(&delivery.properties)),
+        );
+        table.insert(
+            headers::DEAD_LETTERED_AT.into(),
+            long_string(&Utc::now().to_rfc3339()),
+        );
+        publisher
+            .publish(Outgoing {
+                exchange: &self.amqp.dead_letter_exchange,
+                routing_key: &self.amqp.ingest_queue,
+                body: &delivery.data,
+                properties: delivery.properties.clone().with_headers(table),
+                mandatory: false,
+            })
+            .await
+            .map_err(Unfinished::Broker)?;
+        self.metrics
+            .dead_lettered
+            .with_label_values(&[rejection.code])
+            .inc();
+        let reply = Reply::rejected(envelope, rejection, started_at);
+        self.send_reply(publisher, envelope, reply).await
+    }
+
+    /// Hands the message back to the queue as a new message (publish, confirm, then ack the original)
+    /// instead of a requeue, which would count against the delivery limit: an outage of Postgres
+    /// must not send good messages to the dead-letter queue.
+    async fn requeue_for_outage(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+    ) -> Result<(), Unfinished> {
+        let mut table = delivery.properties.headers().clone().unwrap_or_default();
+        let count = header_i64(&Some(table.clone()), headers::OUTAGE_REQUEUES).unwrap_or(0) + 1;
+        table.insert(
+            headers::OUTAGE_REQUEUES.into(),
+            AMQPValue::LongLongInt(count),
+        );
+        publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &self.amqp.ingest_queue,
+                body: &delivery.data,
+                properties: delivery.properties.clone().with_headers(table),
+                mandatory: true,
+            })
+            .await
+            .map_err(Unfinished::Broker)?;
+        self.metrics.requeued_for_outage.inc();
+        Ok(())
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    // An acknowledgement owed to a connection that is gone may never be answered.
+    let acked = tokio::time::timeout(
+        Duration::from_secs(10),
+        delivery.acker.ack(BasicAckOptions::default()),
+    )
+    .await
+    .unwrap_or_else(|_| Ok(false));
+    match acked {
+        Ok(true) => {}
+        // The delivery belongs to a connection that has since been replaced: the broker has
+        // requeued it and will deliver it again, and that delivery finds the batch completed.
+        Ok(false) => {
+            tracing::warn!(
+                "delivery from a closed channel not acknowledged; it will be redelivered"
+            )
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "acknowledgement failed; the message will be redelivered")
+        }
+    }
+}

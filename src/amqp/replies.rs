@@ -1,0 +1,45 @@
+//! A batch's [`Reply`] as the messages that carry it: one per part, each with its headers.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::headers::{self, long_string};
+use super::publisher::json_properties;
+use crate::reply::Reply;
+
+/// The body and properties of every part of `reply`, at most `records_per_message` records each.
+pub fn parts(
+    reply: Reply,
+    records_per_message: usize,
+) -> serde_json::Result<Vec<(Vec<u8>, BasicProperties)>> {
+    reply
+        .into_parts(records_per_message)
+        .iter()
+        .map(|part| Ok((serde_json::to_vec(part)?, properties(part))))
+        .collect()
+}
+
+fn properties(part: &Reply) -> BasicProperties {
+    let mut table = FieldTable::default();
+    table.insert(headers::BATCH_ID.into(), long_string(&part.batch_id));
+    table.insert(headers::STATUS.into(), long_string(part.status.as_str()));
+    table.insert(
+        headers::PART.into(),
+        AMQPValue::LongLongInt(part.part.index as i64),
+    );
+    table.insert(
+        headers::PARTS.into(),
+        AMQPValue::LongLongInt(part.part.count as i64),
+    );
+    if let Some(tenant) = &part.tenant {
+        table.insert(headers::TENANT.into(), long_string(tenant));
+    }
+    let mut properties = json_properties()
+        .with_message_id(format!("{}:{}", part.batch_id, part.part.index).into())
+        .with_type(headers::REPLY_TYPE.into())
+        .with_headers(table);
+    if let Some(correlation_id) = &part.correlation_id {
+        properties = properties.with_correlation_id(correlation_id.as_str().into());
+    }
+    properties
+}

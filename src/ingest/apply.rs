@@ -1,0 +1,161 @@
+//! Applying a batch's valid records chunk by chunk, and the result of every input record.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::anyhow;
+
+use crate::dialect::Merge;
+use crate::model::{Customer, FieldError, ParsedRecord, RecordResult};
+use crate::store::{self, customers};
+
+use super::{BatchError, Ingest};
+
+/// What the result of a record needs once its customer is stored: where it was, its key, and why it
+/// failed if it did.
+pub(super) struct Outline {
+    index: usize,
+    key: Option<String>,
+    errors: Option<Vec<FieldError>>,
+}
+
+/// The rows to store (duplicate keys collapse to their last valid occurrence; the earlier ones report
+/// its result) and every record's outline.
+pub(super) fn prepare(parsed: &[ParsedRecord]) -> (Vec<customers::ChunkRow>, Vec<Outline>) {
+    let mut last_of_key: HashMap<&str, usize> = HashMap::new();
+    for record in parsed {
+        if let (Some(key), Ok(_)) = (&record.key, &record.customer) {
+            last_of_key.insert(key.as_str(), record.index);
+        }
+    }
+    let mut rows = Vec::with_capacity(last_of_key.len());
+    let mut outline = Vec::with_capacity(parsed.len());
+    for record in parsed {
+        let mut errors = record.customer.as_ref().err().cloned();
+        if let (Some(key), Ok(customer)) = (&record.key, &record.customer)
+            && last_of_key[key.as_str()] == record.index
+        {
+            match serde_json::to_string(customer) {
+                Ok(data) => rows.push(customers::ChunkRow {
+                    key: key.clone(),
+                    data,
+                }),
+                Err(error) => {
+                    tracing::error!(record = record.index, error = %error, "a customer could not be serialized");
+                    errors = Some(vec![FieldError::new(
+                        "",
+                        "internal_error",
+                        "this record could not be stored",
+                    )]);
+                }
+            }
+        }
+        outline.push(Outline {
+            index: record.index,
+            key: record.key.clone(),
+            errors,
+        });
+    }
+    (rows, outline)
+}
+
+/// Applies the rows chunk by chunk and returns one result per input record.
+pub(super) async fn apply(
+    ingest: &Ingest,
+    tenant: &str,
+    batch_id: &str,
+    merge: Option<Merge>,
+    rows: Vec<customers::ChunkRow>,
+    outline: Vec<Outline>,
+) -> Result<Vec<RecordResult>, BatchError> {
+    let merged = |stored: serde_json::Value, row: &customers::ChunkRow| -> String {
+        let (Some(merge), Ok(incoming), Ok(stored)) = (
+            merge,
+            serde_json::from_str::<Customer>(&row.data),
+            serde_json::from_value::<Customer>(stored),
+        ) else {
+            // A stored document this version cannot read is replaced rather than lost in a merge.
+            return row.data.clone();
+        };
+        serde_json::to_string(&merge(stored, incoming)).unwrap_or_else(|_| row.data.clone())
+    };
+    let merged: Option<customers::Merge> = merge.is_some().then_some(&merged);
+
+    let chunk_size = ingest.settings.chunk_size;
+    let chunk_count = rows.len().div_ceil(chunk_size);
+    let mut applied: HashMap<String, customers::Applied> = HashMap::with_capacity(rows.len());
+    let mut refused: HashMap<String, FieldError> = HashMap::new();
+    for (chunk_index, chunk) in rows.chunks(chunk_size).enumerate() {
+        let started = Instant::now();
+        let index = i32::try_from(chunk_index)
+            .map_err(|_| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
+        let result = ingest
+            .retry
+            .run(|| customers::apply_chunk(&ingest.pool, tenant, batch_id, index, chunk, merged))
+            .await;
+        ingest
+            .metrics
+            .chunk_duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(results) => {
+                fail::fail_point!("chunk-after-commit", |_| crate::failpoints::crash());
+                ingest.relay.notify_one();
+                applied.extend(results.into_iter().map(|a| (a.key.clone(), a)));
+            }
+            Err(error) if store::is_transient(&error) => {
+                return Err(BatchError::DatabaseUnavailable(error));
+            }
+            // Postgres refused the chunk itself (a constraint, a value it cannot store): retrying
+            // cannot help, and the other chunks are unaffected, so this chunk's records fail.
+            Err(error) => {
+                let code = store::sqlstate(&error).unwrap_or_default();
+                tracing::error!(chunk = chunk_index, sqlstate = %code, "the database refused a chunk");
+                let failure = FieldError::new(
+                    "",
+                    "storage_error",
+                    format!("the database refused this record's chunk (SQLSTATE {code})"),
+                );
+                for row in chunk {
+                    refused.insert(row.key.clone(), failure.clone());
+                }
+            }
+        }
+        if chunk_count > 1 && (chunk_index + 1) % 20 == 0 {
+            tracing::info!(chunk = chunk_index + 1, of = chunk_count, "batch progress");
+        }
+    }
+
+    outline
+        .into_iter()
+        .map(|record| match (record.key, record.errors) {
+            (key, Some(errors)) => Ok(RecordResult::failed(record.index, key, errors)),
+            (Some(key), None) => match (applied.get(&key), refused.get(&key)) {
+                (Some(a), _) => Ok(RecordResult {
+                    index: record.index,
+                    id: Some(a.id),
+                    action: a.action,
+                    version: Some(a.version),
+                    errors: vec![],
+                    key: Some(key),
+                }),
+                (None, Some(failure)) => Ok(RecordResult::failed(
+                    record.index,
+                    Some(key),
+                    vec![failure.clone()],
+                )),
+                // The recorded results of an earlier delivery name other keys than this one's
+                // records: the message is retried, and dead-lettered with this reason at its
+                // delivery limit, rather than answered with a result that is not true.
+                (None, None) => Err(BatchError::Failed(anyhow!(
+                    "record {} was neither applied nor refused",
+                    record.index
+                ))),
+            },
+            (None, None) => Err(BatchError::Failed(anyhow!(
+                "record {} is valid but has no key",
+                record.index
+            ))),
+        })
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! What is checked of a message before its body is parsed: its size, its tenant, its dialect, that it
+//! is UTF-8 and how deeply it is nested. A message failing any of them is rejected whole.
+
+use crate::dialect::{self, Dialect, Rejection};
+
+use super::Envelope;
+
+/// Deepest nesting of arrays and objects a body may have. The bodies of every dialect need fewer than
+/// ten levels; the limit keeps a hostile body from costing deep recursion anywhere downstream.
+pub const MAX_NESTING: usize = 32;
+
+/// The tenant and dialect of a message whose envelope passed its checks.
+pub(super) struct Addressed<'a> {
+    pub tenant: &'a str,
+    pub dialect: &'static dyn Dialect,
+}
+
+/// Checks the size of the body and the envelope. Runs before anything is parsed, so an oversized
+/// body costs no more than its bytes.
+pub(super) fn envelope<'a>(
+    envelope: &'a Envelope,
+    body: &[u8],
+    max_body_bytes: usize,
+) -> Result<Addressed<'a>, Rejection> {
+    if body.len() > max_body_bytes {
+        return Err(Rejection::new(
+            "body_too_large",
+            format!(
+                "the body is {} bytes; at most {max_body_bytes} are accepted",
+                body.len(),
+            ),
+        ));
+    }
+    let Some(tenant) = envelope.tenant.as_deref() else {
+        return Err(Rejection::new(
+            "missing_tenant",
+            "the message has no `tenant` header",
+        ));
+    };
+    let dialect = match envelope.dialect.as_deref() {
+        None => {
+            return Err(Rejection::new(
+                "missing_type",
+                format!(
+                    "the message has no `type` property; expected one of: {}",
+                    dialect_names()
+                ),
+            ));
+        }
+        Some(name) => dialect::find(name).ok_or_else(|| {
+            Rejection::new(
+                "unknown_type",
+                format!(
+                    "unknown message type `{name}`; expected one of: {}",
+                    dialect_names()
+                ),
+            )
+        })?,
+    };
+    Ok(Addressed { tenant, dialect })
+}
+
+/// The body as text, once it is known to be UTF-8 and not nested too deeply to parse safely.
+pub(super) fn body(body: &[u8]) -> Result<&str, Rejection> {
+    let text = std::str::from_utf8(body).map_err(|error| {
+        Rejection::new("invalid_utf8", format!("the body is not UTF-8: {error}"))
+    })?;
+    check_nesting(text)?;
+    Ok(text)
+}
+
+/// Refuses a body nested deeper than [`MAX_NESTING`], in one pass over its bytes, before it is parsed.
+pub fn check_nesting(body: &str) -> Result<(), Rejection> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in body.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Rejection::new(
+                        "too_deep",
+                        format!("the body is nested more than {MAX_NESTING} levels deep"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn dialect_names() -> String {
+    dialect::DIALECTS
+        .iter()
+        .map(|d| d.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_rejected_not_overflowed() {
+        let body = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
+        let error = check_nesting(&body).unwrap_err();
+        assert_eq!(error.code, "too_deep");
+        // Brackets inside strings are text, not nesting.
+        let quoted = format!(r#"[{{"a": "{}\"{}"}}]"#, "[".repeat(100), "{".repeat(100));
+        assert_eq!(check_nesting(&quoted), Ok(()));
+    }
+}

@@ -1,0 +1,197 @@
+//! One batch from its envelope to its reply, with no broker in sight: checks → keys → references →
+//! chunked upsert → stored reply. The transport ([`crate::amqp::inbound`]) reads the envelope, calls
+//! [`Ingest::process`] and settles the message from its typed result; tests call it directly.
+
+mod apply;
+mod checks;
+mod error;
+mod keys;
+mod references;
+mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+pub use checks::{MAX_NESTING, check_nesting};
+pub use error::BatchError;
+
+use crate::config::PipelineSettings;
+use crate::dialect::{self, Limits};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::model::{Action, Counts, Customer};
+use crate::reply::Reply;
+use crate::store::batches;
+use retry::Retry;
+
+/// What the transport tells the pipeline about a message, besides its body.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The producer's `message_id`, or the SHA-256 of the body without one: the batch's identity.
+    pub batch_id: String,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    /// The `type` property, naming the dialect.
+    pub dialect: Option<String>,
+    pub tenant: Option<String>,
+}
+
+impl Envelope {
+    /// The dialect's name for metric labels: a known name or `unknown`, never a producer's text.
+    pub fn dialect_label(&self) -> &'static str {
+        self.dialect
+            .as_deref()
+            .and_then(dialect::find)
+            .map_or("unknown", |d| d.name())
+    }
+}
+
+/// Everything a batch needs besides its message: the database, the limits, and whom to tell.
+pub struct Ingest {
+    pool: PgPool,
+    settings: PipelineSettings,
+    retry: Retry,
+    metrics: Metrics,
+    /// Woken after each committed chunk, so the relay publishes its events at once.
+    relay: Arc<Notify>,
+}
+
+impl Ingest {
+    pub fn new(
+        pool: PgPool,
+        settings: PipelineSettings,
+        retry_budget: Duration,
+        metrics: Metrics,
+        health: Health,
+        relay: Arc<Notify>,
+    ) -> Self {
+        Self {
+            pool,
+            settings,
+            retry: Retry {
+                budget: retry_budget,
+                metrics: metrics.clone(),
+                health,
+            },
+            metrics,
+            relay,
+        }
+    }
+
+    /// Everything up to the reply: returns the batch's reply, or why there is none. A batch that
+    /// completed before is answered from its stored reply; otherwise its records are applied, its
+    /// reply stored, and returned.
+    pub async fn process(&self, envelope: &Envelope, body: &[u8]) -> Result<Reply, BatchError> {
+        let started_at = Utc::now();
+        let checks::Addressed { tenant, dialect } =
+            checks::envelope(envelope, body, self.settings.max_body_bytes)?;
+
+        let stored = self
+            .retry
+            .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
+            .await?;
+        if let Some(stored) = stored {
+            tracing::info!("batch already completed; sending its reply again");
+            return serde_json::from_value(stored).map_err(|error| {
+                BatchError::Rejected(dialect::Rejection::new(
+                    "stored_reply_unreadable",
+                    format!("the stored reply of this batch cannot be read: {error}"),
+                ))
+            });
+        }
+
+        #[cfg(feature = "failpoints")]
+        if fail::eval("batch-poison", |poisoned| poisoned).flatten()
+            == Some(envelope.batch_id.clone())
+        {
+            return Err(BatchError::Failed(anyhow::anyhow!("injected failure")));
+        }
+        let text = checks::body(body)?;
+        let limits = Limits {
+            max_records: self.settings.max_records,
+        };
+        let parsed = dialect.parse(text, limits)?;
+        tracing::info!(records = parsed.len(), "batch read");
+
+        let parsed = keys::assign(self, tenant, &envelope.batch_id, dialect, text, parsed).await?;
+        let parsed = references::check(self, tenant, dialect, parsed).await?;
+        let (rows, outline) = apply::prepare(&parsed);
+        // A large batch's parsed customers are its biggest form in memory: they are let go as soon
+        // as they are serialized, unless the dialect's response is made from them.
+        let kept = dialect.renders_customers().then_some(parsed);
+        let records = apply::apply(
+            self,
+            tenant,
+            &envelope.batch_id,
+            dialect.merge(),
+            rows,
+            outline,
+        )
+        .await?;
+        let customers: Vec<Option<&Customer>> = kept
+            .iter()
+            .flatten()
+            .map(|r| r.customer.as_ref().ok())
+            .collect();
+        let response = dialect.render_response(&records, &customers);
+        drop(customers);
+        drop(kept);
+        let counts = Counts::of(&records);
+        for action in [
+            Action::Created,
+            Action::Updated,
+            Action::Unchanged,
+            Action::Failed,
+        ] {
+            let n = records.iter().filter(|r| r.action == action).count();
+            if n > 0 {
+                self.metrics
+                    .records
+                    .with_label_values(&[dialect.name(), action.as_str()])
+                    .inc_by(n as u64);
+            }
+        }
+        let reply = Reply {
+            batch_id: envelope.batch_id.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            tenant: Some(tenant.to_owned()),
+            dialect: Some(dialect.name().to_owned()),
+            status: counts.status(),
+            counts,
+            response,
+            records,
+            error: None,
+            started_at,
+            finished_at: Utc::now(),
+            part: Default::default(),
+        };
+        let stored = self
+            .retry
+            .run(|| {
+                batches::complete(
+                    &self.pool,
+                    tenant,
+                    &envelope.batch_id,
+                    dialect.name(),
+                    reply.status.as_str(),
+                    &reply,
+                )
+            })
+            .await?;
+        tracing::info!(
+            status = reply.status.as_str(),
+            created = counts.created,
+            updated = counts.updated,
+            unchanged = counts.unchanged,
+            failed = counts.failed,
+            "batch completed"
+        );
+        Ok(stored
+            .and_then(|earlier| serde_json::from_value(earlier).ok())
+            .unwrap_or(reply))
+    }
+}
