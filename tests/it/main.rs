@@ -10,6 +10,7 @@ mod disruptive;
 mod dlq;
 mod faults;
 mod helpers;
+mod ingest;
 mod match_by_contact;
 mod pipeline;
 mod upsert_by_id;

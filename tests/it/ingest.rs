@@ -1,0 +1,114 @@
+//! The pipeline called directly, without a broker: `Ingest::process` on an envelope and a body, as
+//! the transport calls it. What only the broker can show (settling, dead-lettering, replies on the
+//! wire) stays in the tests over RabbitMQ.
+
+use std::sync::Arc;
+
+use customer_ingest::config::Settings;
+use customer_ingest::health::Health;
+use customer_ingest::ingest::{BatchError, Envelope, Ingest};
+use customer_ingest::metrics::Metrics;
+use customer_ingest::model::{Action, BatchStatus};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::helpers::{customers_body, drop_database, test_settings};
+
+/// An [`Ingest`] over a fresh database of its own.
+struct Direct {
+    ingest: Ingest,
+    pool: PgPool,
+    settings: Settings,
+}
+
+impl Direct {
+    async fn new() -> Self {
+        let settings = test_settings();
+        customer_ingest::store::migrate(&settings.database)
+            .await
+            .expect("the test database is created: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
+        let pool = PgPool::connect(settings.database.url())
+            .await
+            .expect("the test database is reachable");
+        let metrics = Metrics::new();
+        let ingest = Ingest::new(
+            pool.clone(),
+            settings.pipeline.clone(),
+            settings.database.retry_budget(),
+            metrics.clone(),
+            Health::new(metrics),
+            Arc::new(Notify::new()),
+        );
+        Direct {
+            ingest,
+            pool,
+            settings,
+        }
+    }
+
+    async fn finish(self) {
+        self.pool.close().await;
+        drop_database(&self.settings).await;
+    }
+}
+
+fn envelope(batch_id: &str, tenant: Option<&str>, dialect: Option<&str>) -> Envelope {
+    Envelope {
+        batch_id: batch_id.to_owned(),
+        correlation_id: Some(format!("{batch_id}-c")),
+        reply_to: None,
+        dialect: dialect.map(str::to_owned),
+        tenant: tenant.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_processed_directly_is_stored_and_answered_with_a_result_per_record() {
+    let direct = Direct::new().await;
+    let body = customers_body("D", 3, "Direct");
+    let message = envelope("b-1", Some("acme"), Some("upsert-by-customer-id"));
+
+    let reply = direct.ingest.process(&message, &body).await.unwrap();
+    assert_eq!(reply.status, BatchStatus::Completed);
+    assert_eq!(reply.records.len(), 3);
+    assert!(reply.records.iter().all(|r| r.action == Action::Created));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM customers WHERE tenant = 'acme'")
+        .fetch_one(&direct.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
+
+    // The same batch again is answered from its stored reply, not applied again.
+    let again = direct.ingest.process(&message, &body).await.unwrap();
+    assert_eq!(again.records, reply.records);
+    assert_eq!(again.finished_at, reply.finished_at);
+    direct.finish().await;
+}
+
+#[tokio::test]
+async fn a_message_without_tenant_or_with_an_unknown_type_is_rejected_before_anything_is_read() {
+    let direct = Direct::new().await;
+    let body = customers_body("D", 1, "Direct");
+    for (message, code) in [
+        (
+            envelope("b-1", None, Some("upsert-by-customer-id")),
+            "missing_tenant",
+        ),
+        (envelope("b-2", Some("acme"), None), "missing_type"),
+        (
+            envelope("b-3", Some("acme"), Some("no-such-dialect")),
+            "unknown_type",
+        ),
+    ] {
+        match direct.ingest.process(&message, &body).await {
+            Err(BatchError::Rejected(rejection)) => assert_eq!(rejection.code, code),
+            other => panic!("expected a rejection `{code}`, got {other:?}"),
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&direct.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    direct.finish().await;
+}
