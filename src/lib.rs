@@ -33,6 +33,7 @@
 
 pub mod amqp;
 pub mod cli;
+pub mod codes;
 pub mod config;
 pub mod dialect;
 pub mod failpoints;

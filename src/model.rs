@@ -1,5 +1,6 @@
 //! The common customer every dialect parses into, and the batch result every dialect renders from.
 
+pub use crate::codes::{FieldCode, RejectionCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -206,15 +207,15 @@ impl ParsedRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     pub field: String,
-    pub code: String,
+    pub code: FieldCode,
     pub message: String,
 }
 
 impl FieldError {
-    pub fn new(field: impl Into<String>, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, code: FieldCode, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
-            code: code.to_owned(),
+            code,
             message: message.into(),
         }
     }

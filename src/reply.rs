@@ -62,7 +62,7 @@ impl Reply {
             records: vec![],
             response: serde_json::Value::Null,
             error: Some(ReplyError {
-                code: rejection.code.to_owned(),
+                code: rejection.code.as_str().to_owned(),
                 message: rejection.message,
             }),
             started_at,

@@ -15,6 +15,7 @@ use super::Publisher;
 use super::headers::{self, header_i64, long_string};
 use super::publisher::{Delivered, Outgoing};
 use super::replies;
+use crate::codes::RejectionCode;
 use crate::config::{AmqpSettings, PipelineSettings};
 use crate::dialect::Rejection;
 use crate::ingest::{BatchError, Envelope, Ingest};
@@ -138,7 +139,7 @@ impl Inbound {
         if let Unfinished::Failed(cause) = &error
             && attempt >= i64::from(self.amqp.delivery_limit)
         {
-            let rejection = Rejection::new("processing_failed", format!("{cause:#}"));
+            let rejection = Rejection::new(RejectionCode::ProcessingFailed, format!("{cause:#}"));
             match self
                 .reject(publisher, delivery, envelope, rejection, Utc::now())
                 .await
@@ -219,9 +220,12 @@ impl Inbound {
         started_at: DateTime<Utc>,
     ) -> Result<(), Unfinished> {
         // The message goes to the producer and the dead-letter headers; the log gets the code only.
-        tracing::warn!(code = rejection.code, "message rejected");
+        tracing::warn!(code = rejection.code.as_str(), "message rejected");
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
-        table.insert(headers::ERROR_CODE.into(), long_string(rejection.code));
+        table.insert(
+            headers::ERROR_CODE.into(),
+            long_string(rejection.code.as_str()),
+        );
         table.insert(
             headers::ERROR_MESSAGE.into(),
             long_string(&rejection.message),
@@ -246,7 +250,7 @@ impl Inbound {
             .map_err(Unfinished::Broker)?;
         self.metrics
             .dead_lettered
-            .with_label_values(&[rejection.code])
+            .with_label_values(&[rejection.code.as_str()])
             .inc();
         let reply = Reply::rejected(envelope, rejection, started_at);
         self.send_reply(publisher, envelope, reply).await

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::text::{Checker, MAX_TEXT_CHARS, decode_error};
 use super::{Dialect, Keying, Limits, Rejection, raw_records};
+use crate::codes::FieldCode;
 use crate::model::{
     Action, Address, Customer, FieldError, ParsedRecord, RecordResult, Reference, ReferenceTarget,
 };
@@ -200,7 +201,7 @@ fn address(check: &mut Checker, field: &str, raw: Option<RawAddress>) -> Option<
     {
         check.errors.push(FieldError::new(
             format!("{field}.countryCode"),
-            "invalid_country",
+            FieldCode::InvalidCountry,
             "countryCode must be an ISO 3166-1 alpha-2 code",
         ));
     }
@@ -222,7 +223,7 @@ fn one_of(check: &mut Checker, field: &str, value: String, allowed: &[&str]) -> 
     } else {
         check.errors.push(FieldError::new(
             field,
-            "invalid_value",
+            FieldCode::InvalidValue,
             format!("{field} must be one of {}", allowed.join(", ")),
         ));
         None
@@ -256,7 +257,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
                 _ => {
                     check.errors.push(FieldError::new(
                     "billToCustomerId",
-                    "unknown_reference",
+                    FieldCode::UnknownReference,
                     format!("billToCustomerId names customer {value}, which this tenant does not have"),
                 ));
                     None
@@ -281,7 +282,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
     {
         check.errors.push(FieldError::new(
             "defaultPayType",
-            "invalid_value",
+            FieldCode::InvalidValue,
             "defaultPayType must be one of the account's payTypes",
         ));
     }
@@ -296,7 +297,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
         Some(_) => {
             check.errors.push(FieldError::new(
                 "taxCode",
-                "invalid_type",
+                FieldCode::InvalidType,
                 "taxCode must be a number or a string",
             ));
             None
@@ -309,7 +310,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
         if value.is_some_and(|v| !v.is_finite() || v.abs() > 1e15) {
             check.errors.push(FieldError::new(
                 field,
-                "out_of_range",
+                FieldCode::OutOfRange,
                 format!("{field} is out of range"),
             ));
         }
@@ -408,7 +409,7 @@ mod tests {
         let records = parse(r#"[{"name": "A", "billToCustomerId": 17}]"#);
         assert_eq!(
             records[0].customer.as_ref().unwrap_err()[0].code,
-            "unknown_reference"
+            FieldCode::UnknownReference
         );
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::text::{Checker, MAX_KEY_CHARS, decode_error};
 use super::upsert_by_id::{ATTRIBUTE_TYPES, value_fits};
 use super::{Dialect, Keying, Limits, Rejection, customers_member};
+use crate::codes::FieldCode;
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult, Reference, ReferenceTarget};
 
 pub struct CustomersV1;
@@ -44,7 +45,11 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
     let mut object = match serde_json::from_str::<serde_json::Map<String, Value>>(raw) {
         Ok(object) => object,
         Err(_) => {
-            let error = FieldError::new("", "invalid_type", "a customer must be a JSON object");
+            let error = FieldError::new(
+                "",
+                FieldCode::InvalidType,
+                "a customer must be a JSON object",
+            );
             return ParsedRecord::new(index, None, Err(vec![error]));
         }
     };
@@ -56,7 +61,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
         Some(_) => {
             check.errors.push(FieldError::new(
                 "externalId",
-                "invalid_type",
+                FieldCode::InvalidType,
                 "externalId must be a string",
             ));
             None
@@ -107,13 +112,13 @@ fn check_strings(check: &mut Checker, path: &str, value: &Value) {
             if text.chars().any(char::is_control) {
                 check.errors.push(FieldError::new(
                     path,
-                    "invalid_character",
+                    FieldCode::InvalidCharacter,
                     format!("{path} contains a control character"),
                 ));
             } else if text.chars().count() > MAX_FIELD_CHARS {
                 check.errors.push(FieldError::new(
                     path,
-                    "too_long",
+                    FieldCode::TooLong,
                     format!("{path} is longer than {MAX_FIELD_CHARS} characters"),
                 ));
             }
@@ -148,7 +153,7 @@ fn normalize(check: &mut Checker, mut customer: Customer) -> Customer {
     {
         check.errors.push(FieldError::new(
             "dateOfBirth",
-            "invalid_date",
+            FieldCode::InvalidDate,
             "dateOfBirth must be a date as YYYY-MM-DD",
         ));
     }
@@ -157,7 +162,7 @@ fn normalize(check: &mut Checker, mut customer: Customer) -> Customer {
         if !matches!(gender.as_str(), "M" | "F" | "U") {
             check.errors.push(FieldError::new(
                 "gender",
-                "invalid_value",
+                FieldCode::InvalidValue,
                 "gender must be M, F or U",
             ));
         }
@@ -186,7 +191,7 @@ fn normalize(check: &mut Checker, mut customer: Customer) -> Customer {
         if celes::Country::from_alpha2(country).is_err() {
             check.errors.push(FieldError::new(
                 field,
-                "invalid_country",
+                FieldCode::InvalidCountry,
                 "country must be an ISO 3166-1 alpha-2 code",
             ));
         }
@@ -195,7 +200,7 @@ fn normalize(check: &mut Checker, mut customer: Customer) -> Customer {
         if !ATTRIBUTE_TYPES.contains(&attribute.kind.as_str()) {
             check.errors.push(FieldError::new(
                 format!("attributes[{i}].type"),
-                "invalid_value",
+                FieldCode::InvalidValue,
                 format!("type must be one of {}", ATTRIBUTE_TYPES.join(", ")),
             ));
         } else if let Some(value) = &attribute.value
@@ -203,7 +208,7 @@ fn normalize(check: &mut Checker, mut customer: Customer) -> Customer {
         {
             check.errors.push(FieldError::new(
                 format!("attributes[{i}].value"),
-                "invalid_value",
+                FieldCode::InvalidValue,
                 format!("the value is not a valid {}", attribute.kind),
             ));
         }
@@ -251,11 +256,11 @@ mod tests {
             ]}"#,
         );
         let first = |i: usize| records[i].customer.as_ref().unwrap_err()[0].clone();
-        assert_eq!(first(0).code, "unknown_field");
+        assert_eq!(first(0).code, FieldCode::UnknownField);
         assert!(first(0).message.contains("nickname"));
         assert_eq!(first(1).field, "dateOfBirth");
         assert_eq!(first(2).field, "address.country");
         assert_eq!(first(3).field, "externalId");
-        assert_eq!(first(4).code, "invalid_character");
+        assert_eq!(first(4).code, FieldCode::InvalidCharacter);
     }
 }

@@ -55,6 +55,7 @@ use uuid::Uuid;
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
 use super::{Dialect, Keying, Limits, Merge, Rejection, check_record_count, invalid_body};
+use crate::codes::{FieldCode, RejectionCode};
 use crate::model::{Action, Address, Customer, FieldError, ParsedRecord, RecordResult};
 
 pub struct MatchByContact;
@@ -268,7 +269,7 @@ impl Dialect for MatchByContact {
         let body: Body = serde_json::from_str(body).map_err(|error| body_error(body, &error))?;
         let Some(records) = body.customers else {
             return Err(Rejection::new(
-                "invalid_body",
+                RejectionCode::InvalidBody,
                 "the body has no `Customers` list",
             ));
         };
@@ -344,7 +345,7 @@ fn body_error(body: &str, error: &serde_json::Error) -> Rejection {
     let rejection = invalid_body(body, error);
     let message = error.to_string();
     match message.strip_prefix("unknown field `") {
-        Some(rest) if rejection.code == "invalid_body" => {
+        Some(rest) if rejection.code == RejectionCode::InvalidBody => {
             let key: String = rest
                 .split('`')
                 .next()
@@ -353,7 +354,7 @@ fn body_error(body: &str, error: &serde_json::Error) -> Rejection {
                 .take(64)
                 .collect();
             Rejection::new(
-                "invalid_body",
+                RejectionCode::InvalidBody,
                 format!(
                     "the body has a key the API does not define: `{key}` (it takes RequireCountry, \
                      RequireState, RequireDob, RequireNote, RequireGender, IgnoreSharedCustomers and \
@@ -417,7 +418,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
             None => {
                 check.errors.push(FieldError::new(
                     "CellPhone",
-                    "invalid_phone",
+                    FieldCode::InvalidPhone,
                     format!(
                         "CellPhone is not a complete phone number of {}",
                         country.unwrap_or(DEFAULT_COUNTRY)
@@ -825,7 +826,7 @@ impl Resolver {
                         .collect();
                     return Decision::Refused(vec![FieldError::new(
                         contact.field(),
-                        "ambiguous_match",
+                        FieldCode::AmbiguousMatch,
                         format!(
                             "{} matches {} customers ({}); the record is not applied to one of them by guess",
                             contact.field(),
@@ -993,7 +994,7 @@ impl Resolver {
             .map(|(_, _, field, why)| {
                 FieldError::new(
                     field,
-                    "required_for_add",
+                    FieldCode::RequiredForAdd,
                     format!(
                         "{field} {why}, and Require{} refuses to add a customer without it",
                         if field == "NoteType" { "Note" } else { field }
@@ -1073,10 +1074,10 @@ mod tests {
         let reject = |body: &str| MatchByContact.parse(body, limits).unwrap_err();
         assert_eq!(
             reject(r#"[{"Email": "a@example.com"}]"#).code,
-            "invalid_body"
+            RejectionCode::InvalidBody
         );
         let unknown = reject(r#"{"RequireCounty": true, "Customers": []}"#);
-        assert_eq!(unknown.code, "invalid_body");
+        assert_eq!(unknown.code, RejectionCode::InvalidBody);
         assert!(
             unknown.message.contains("RequireCounty"),
             "{}",
@@ -1084,14 +1085,17 @@ mod tests {
         );
         assert_eq!(
             reject(r#"{"RequireDob": "yes", "Customers": []}"#).code,
-            "invalid_body"
+            RejectionCode::InvalidBody
         );
-        assert_eq!(reject(r#"{"RequireDob": true}"#).code, "invalid_body");
+        assert_eq!(
+            reject(r#"{"RequireDob": true}"#).code,
+            RejectionCode::InvalidBody
+        );
         assert_eq!(
             reject(r#"{"Customers": [{}, {}, {}]}"#).code,
-            "too_many_records"
+            RejectionCode::TooManyRecords
         );
-        assert_eq!(reject("not json").code, "invalid_json");
+        assert_eq!(reject("not json").code, RejectionCode::InvalidJson);
     }
 
     #[test]
@@ -1111,7 +1115,7 @@ mod tests {
             (error(2).field.as_str(), error(2).code.as_str()),
             ("LocationId", "invalid_type")
         );
-        assert_eq!(error(3).code, "unknown_field");
+        assert_eq!(error(3).code, FieldCode::UnknownField);
         assert!(error(3).message.contains("Surprise"));
         assert_eq!(
             (error(4).field.as_str(), error(4).code.as_str()),
@@ -1119,7 +1123,7 @@ mod tests {
         );
         assert_eq!(error(5).field, "FirstName");
         assert_eq!(error(6).field, "Balance");
-        assert_eq!(error(7).code, "invalid_type");
+        assert_eq!(error(7).code, FieldCode::InvalidType);
         assert!(records.iter().all(|r| r.key.is_none()));
     }
 
@@ -1311,7 +1315,7 @@ mod tests {
         else {
             panic!("not refused");
         };
-        assert_eq!(errors[0].code, "ambiguous_match");
+        assert_eq!(errors[0].code, FieldCode::AmbiguousMatch);
         assert_eq!(errors[0].field, "Email");
         assert!(errors[0].message.contains(&Uuid::from_u128(1).to_string()));
         assert!(errors[0].message.contains(&Uuid::from_u128(2).to_string()));
@@ -1344,7 +1348,7 @@ mod tests {
         };
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["Country", "State", "Dob", "NoteType", "Gender"]);
-        assert!(errors.iter().all(|e| e.code == "required_for_add"));
+        assert!(errors.iter().all(|e| e.code == FieldCode::RequiredForAdd));
         assert!(errors[0].message.contains("RequireCountry"));
         assert!(errors[3].message.contains("RequireNote"));
         assert_eq!(
@@ -1534,8 +1538,8 @@ mod tests {
                 None,
                 Action::Failed,
                 vec![
-                    FieldError::new("Email", "invalid_email", "bad email"),
-                    FieldError::new("Zip", "too_long", "long zip"),
+                    FieldError::new("Email", FieldCode::InvalidEmail, "bad email"),
+                    FieldError::new("Zip", FieldCode::TooLong, "long zip"),
                 ],
             ),
         ];

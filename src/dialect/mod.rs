@@ -17,6 +17,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::model::{Customer, ParsedRecord, RecordResult};
+pub use crate::model::{FieldCode, RejectionCode};
 
 /// Limits a dialect enforces while reading a body.
 #[derive(Debug, Clone, Copy)]
@@ -28,12 +29,12 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct Rejection {
-    pub code: &'static str,
+    pub code: RejectionCode,
     pub message: String,
 }
 
 impl Rejection {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: RejectionCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -136,11 +137,14 @@ pub(crate) fn invalid_body(body: &str, error: &serde_json::Error) -> Rejection {
     if error.is_data() && is_json {
         // serde's own message would quote the offending value, which may be personal data.
         Rejection::new(
-            "invalid_body",
+            RejectionCode::InvalidBody,
             "the body is JSON but not of the dialect's shape (see the dialect's documented body)",
         )
     } else {
-        Rejection::new("invalid_json", format!("the body is not JSON: {error}"))
+        Rejection::new(
+            RejectionCode::InvalidJson,
+            format!("the body is not JSON: {error}"),
+        )
     }
 }
 
@@ -177,7 +181,7 @@ pub(crate) fn customers_member(
 pub(crate) fn check_record_count(count: usize, limits: Limits) -> Result<(), Rejection> {
     if count > limits.max_records {
         return Err(Rejection::new(
-            "too_many_records",
+            RejectionCode::TooManyRecords,
             format!(
                 "the body holds {count} records; at most {} are accepted per message",
                 limits.max_records
@@ -202,12 +206,12 @@ mod tests {
     #[test]
     fn more_records_than_the_limit_are_rejected() {
         let error = raw_records("[{},{},{}]", Limits { max_records: 2 }).unwrap_err();
-        assert_eq!(error.code, "too_many_records");
+        assert_eq!(error.code, RejectionCode::TooManyRecords);
     }
 
     #[test]
     fn a_body_that_is_not_an_array_is_rejected() {
         let error = raw_records(r#"{"a":1}"#, Limits { max_records: 2 }).unwrap_err();
-        assert_eq!(error.code, "invalid_body");
+        assert_eq!(error.code, RejectionCode::InvalidBody);
     }
 }

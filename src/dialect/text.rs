@@ -1,5 +1,6 @@
 //! Field rules shared by the dialects: text limits and email syntax.
 
+use crate::codes::FieldCode;
 use crate::model::FieldError;
 
 /// Longest key a producer may send.
@@ -25,7 +26,7 @@ impl Checker {
         if trimmed.chars().any(char::is_control) {
             self.errors.push(FieldError::new(
                 field,
-                "invalid_character",
+                FieldCode::InvalidCharacter,
                 format!("{field} contains a control character"),
             ));
             return None;
@@ -34,7 +35,7 @@ impl Checker {
         if chars > max {
             self.errors.push(FieldError::new(
                 field,
-                "too_long",
+                FieldCode::TooLong,
                 format!("{field} is {chars} characters long; at most {max} are allowed"),
             ));
             return None;
@@ -54,7 +55,7 @@ impl Checker {
         if checked.is_none() && self.errors.len() == before {
             self.errors.push(FieldError::new(
                 field,
-                "required",
+                FieldCode::Required,
                 format!("{field} is required"),
             ));
         }
@@ -69,7 +70,7 @@ impl Checker {
         } else {
             self.errors.push(FieldError::new(
                 field,
-                "invalid_email",
+                FieldCode::InvalidEmail,
                 format!("{field} is not a valid email address"),
             ));
             None
@@ -96,13 +97,13 @@ pub fn decode_error(error: serde_path_to_error::Error<serde_json::Error>) -> Fie
         None => message,
     };
     let code = if message.starts_with("unknown field") {
-        "unknown_field"
+        FieldCode::UnknownField
     } else if message.starts_with("missing field") {
-        "required"
+        FieldCode::Required
     } else if message.starts_with("invalid type") {
-        "invalid_type"
+        FieldCode::InvalidType
     } else {
-        "invalid_value"
+        FieldCode::InvalidValue
     };
     let field = if path == "." { String::new() } else { path };
     FieldError::new(field, code, message)
@@ -138,6 +139,6 @@ mod tests {
             Some("a@example.com".into())
         );
         assert_eq!(checker.errors.len(), 1);
-        assert_eq!(checker.errors[0].code, "invalid_email");
+        assert_eq!(checker.errors[0].code, FieldCode::InvalidEmail);
     }
 }

@@ -211,6 +211,7 @@ fn ordering_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codes::FieldCode;
     use uuid::Uuid;
 
     fn parse(body: &str) -> Vec<ParsedRecord> {
@@ -261,12 +262,12 @@ mod tests {
         let errors = |i: usize| records[i].customer.as_ref().unwrap_err().clone();
         assert_eq!(records[1].key.as_deref(), Some("B"));
         assert_eq!(errors(1)[0].field, "priceZone");
-        assert_eq!(errors(1)[0].code, "invalid_type");
-        assert_eq!(errors(2)[0].code, "invalid_email");
+        assert_eq!(errors(1)[0].code, FieldCode::InvalidType);
+        assert_eq!(errors(2)[0].code, FieldCode::InvalidEmail);
         assert_eq!(records[3].key, None);
         assert_eq!(errors(3)[0].field, "customerID");
-        assert_eq!(errors(3)[0].code, "required");
-        assert_eq!(errors(4)[0].code, "unknown_field");
+        assert_eq!(errors(3)[0].code, FieldCode::Required);
+        assert_eq!(errors(4)[0].code, FieldCode::UnknownField);
         assert!(errors(4)[0].message.contains("surprise"));
     }
 
@@ -298,7 +299,7 @@ mod tests {
                 Some("B".into()),
                 vec![crate::model::FieldError::new(
                     "email",
-                    "invalid_email",
+                    FieldCode::InvalidEmail,
                     "bad email",
                 )],
             ),

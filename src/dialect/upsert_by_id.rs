@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
 use super::{Dialect, Keying, Limits, Merge, Rejection, customers_member};
+use crate::codes::FieldCode;
 use crate::model::{
     Action, Attribute, Customer, FieldError, ParsedRecord, RecordResult, Reference,
     ReferenceTarget, TypedAddress,
@@ -184,7 +185,7 @@ fn identifier(check: &mut Checker, field: &str, value: Option<Value>) -> Option<
         _ => {
             check.errors.push(FieldError::new(
                 field,
-                "invalid_type",
+                FieldCode::InvalidType,
                 format!("{field} must be a whole number or a string"),
             ));
             None
@@ -208,14 +209,14 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
     if key.is_none() && check.errors.is_empty() {
         check
             .errors
-            .push(FieldError::new("id", "required", "id is required"));
+            .push(FieldError::new("id", FieldCode::Required, "id is required"));
     }
     let source_id = identifier(&mut check, "sourceId", record.source_id);
     let source = check.text("source", record.source, MAX_TEXT_CHARS);
     if source_id.is_some() && source.is_none() {
         check.errors.push(FieldError::new(
             "source",
-            "required",
+            FieldCode::Required,
             "source is required when sourceId is given",
         ));
     }
@@ -225,7 +226,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
             if parent_key.is_none() {
                 check.errors.push(FieldError::new(
                     "parent.id",
-                    "required",
+                    FieldCode::Required,
                     "parent needs an id",
                 ));
             }
@@ -240,7 +241,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
             if !valid {
                 check.errors.push(FieldError::new(
                     "dateOfBirth",
-                    "invalid_date",
+                    FieldCode::InvalidDate,
                     "dateOfBirth must be a date as YYYY-MM-DD",
                 ));
             }
@@ -254,7 +255,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
             if !valid {
                 check.errors.push(FieldError::new(
                     "gender",
-                    "invalid_value",
+                    FieldCode::InvalidValue,
                     "gender must be M, F or U",
                 ));
             }
@@ -286,7 +287,7 @@ fn parse_record(index: usize, raw: &str) -> ParsedRecord {
     if parent_key.is_some() && parent_key == key {
         check.errors.push(FieldError::new(
             "parent.id",
-            "invalid_value",
+            FieldCode::InvalidValue,
             "a customer cannot be its own parent",
         ));
     }
@@ -320,7 +321,7 @@ fn attributes(check: &mut Checker, raw: Vec<RawAttribute>) -> Vec<Attribute> {
         if !ATTRIBUTE_TYPES.contains(&kind.as_str()) {
             check.errors.push(FieldError::new(
                 format!("{path}.type"),
-                "invalid_value",
+                FieldCode::InvalidValue,
                 format!(
                     "attribute {name}: type must be one of {}",
                     ATTRIBUTE_TYPES.join(", ")
@@ -334,7 +335,7 @@ fn attributes(check: &mut Checker, raw: Vec<RawAttribute>) -> Vec<Attribute> {
         {
             check.errors.push(FieldError::new(
                 format!("{path}.value"),
-                "invalid_value",
+                FieldCode::InvalidValue,
                 format!("attribute {name}: the value is not a valid {kind}"),
             ));
             continue;
@@ -376,7 +377,7 @@ fn yes_no(check: &mut Checker, field: &str, value: Option<String>) -> bool {
         Some(_) => {
             check.errors.push(FieldError::new(
                 field,
-                "invalid_value",
+                FieldCode::InvalidValue,
                 format!("{field} must be Y or N"),
             ));
             false
@@ -398,7 +399,7 @@ fn addresses(check: &mut Checker, raw: Vec<RawAddress>) -> Vec<TypedAddress> {
         {
             check.errors.push(FieldError::new(
                 format!("{path}.type"),
-                "invalid_value",
+                FieldCode::InvalidValue,
                 "address type must be delivery or invoice",
             ));
         }
@@ -412,7 +413,7 @@ fn addresses(check: &mut Checker, raw: Vec<RawAddress>) -> Vec<TypedAddress> {
         {
             check.errors.push(FieldError::new(
                 format!("{path}.country"),
-                "invalid_country",
+                FieldCode::InvalidCountry,
                 "country must be an ISO 3166-1 alpha-2 code",
             ));
         }
@@ -459,7 +460,7 @@ fn addresses(check: &mut Checker, raw: Vec<RawAddress>) -> Vec<TypedAddress> {
             if *count > 1 {
                 check.errors.push(FieldError::new(
                     format!("{path}.isDefault"),
-                    "invalid_value",
+                    FieldCode::InvalidValue,
                     format!("at most one {kind} address may be the default"),
                 ));
             }
@@ -512,7 +513,7 @@ mod tests {
             .as_ref()
             .unwrap_err()
             .iter()
-            .map(|e| (e.field.clone(), e.code.clone()))
+            .map(|e| (e.field.clone(), e.code.as_str().to_owned()))
             .collect()
     }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 
+use crate::codes::FieldCode;
 use crate::dialect::Merge;
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult};
 use crate::store::{self, customers};
@@ -44,7 +45,7 @@ pub(super) fn prepare(parsed: &[ParsedRecord]) -> (Vec<customers::ChunkRow>, Vec
                     tracing::error!(record = record.index, error = %error, "a customer could not be serialized");
                     errors = Some(vec![FieldError::new(
                         "",
-                        "internal_error",
+                        FieldCode::InternalError,
                         "this record could not be stored",
                     )]);
                 }
@@ -113,7 +114,7 @@ pub(super) async fn apply(
                 tracing::error!(chunk = chunk_index, sqlstate = %code, "the database refused a chunk");
                 let failure = FieldError::new(
                     "",
-                    "storage_error",
+                    FieldCode::StorageError,
                     format!("the database refused this record's chunk (SQLSTATE {code})"),
                 );
                 for row in chunk {

@@ -1,6 +1,7 @@
 //! What is checked of a message before its body is parsed: its size, its tenant, its dialect, that it
 //! is UTF-8 and how deeply it is nested. A message failing any of them is rejected whole.
 
+use crate::codes::RejectionCode;
 use crate::dialect::{self, Dialect, Rejection};
 
 use super::Envelope;
@@ -24,7 +25,7 @@ pub(super) fn envelope<'a>(
 ) -> Result<Addressed<'a>, Rejection> {
     if body.len() > max_body_bytes {
         return Err(Rejection::new(
-            "body_too_large",
+            RejectionCode::BodyTooLarge,
             format!(
                 "the body is {} bytes; at most {max_body_bytes} are accepted",
                 body.len(),
@@ -33,14 +34,14 @@ pub(super) fn envelope<'a>(
     }
     let Some(tenant) = envelope.tenant.as_deref() else {
         return Err(Rejection::new(
-            "missing_tenant",
+            RejectionCode::MissingTenant,
             "the message has no `tenant` header",
         ));
     };
     let dialect = match envelope.dialect.as_deref() {
         None => {
             return Err(Rejection::new(
-                "missing_type",
+                RejectionCode::MissingType,
                 format!(
                     "the message has no `type` property; expected one of: {}",
                     dialect_names()
@@ -49,7 +50,7 @@ pub(super) fn envelope<'a>(
         }
         Some(name) => dialect::find(name).ok_or_else(|| {
             Rejection::new(
-                "unknown_type",
+                RejectionCode::UnknownType,
                 format!(
                     "unknown message type `{name}`; expected one of: {}",
                     dialect_names()
@@ -63,7 +64,10 @@ pub(super) fn envelope<'a>(
 /// The body as text, once it is known to be UTF-8 and not nested too deeply to parse safely.
 pub(super) fn body(body: &[u8]) -> Result<&str, Rejection> {
     let text = std::str::from_utf8(body).map_err(|error| {
-        Rejection::new("invalid_utf8", format!("the body is not UTF-8: {error}"))
+        Rejection::new(
+            RejectionCode::InvalidUtf8,
+            format!("the body is not UTF-8: {error}"),
+        )
     })?;
     check_nesting(text)?;
     Ok(text)
@@ -90,7 +94,7 @@ pub fn check_nesting(body: &str) -> Result<(), Rejection> {
                 depth += 1;
                 if depth > MAX_NESTING {
                     return Err(Rejection::new(
-                        "too_deep",
+                        RejectionCode::TooDeep,
                         format!("the body is nested more than {MAX_NESTING} levels deep"),
                     ));
                 }
@@ -118,7 +122,7 @@ mod tests {
     fn deep_nesting_is_rejected_not_overflowed() {
         let body = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
         let error = check_nesting(&body).unwrap_err();
-        assert_eq!(error.code, "too_deep");
+        assert_eq!(error.code, RejectionCode::TooDeep);
         // Brackets inside strings are text, not nesting.
         let quoted = format!(r#"[{{"a": "{}\"{}"}}]"#, "[".repeat(100), "{".repeat(100));
         assert_eq!(check_nesting(&quoted), Ok(()));

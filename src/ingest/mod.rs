@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 pub use checks::{MAX_NESTING, check_nesting};
 pub use error::BatchError;
 
+use crate::codes::RejectionCode;
 use crate::config::PipelineSettings;
 use crate::dialect::{self, Limits};
 use crate::health::Health;
@@ -98,7 +99,7 @@ impl Ingest {
             tracing::info!("batch already completed; sending its reply again");
             return serde_json::from_value(stored).map_err(|error| {
                 BatchError::Rejected(dialect::Rejection::new(
-                    "stored_reply_unreadable",
+                    RejectionCode::StoredReplyUnreadable,
                     format!("the stored reply of this batch cannot be read: {error}"),
                 ))
             });

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
+use crate::codes::FieldCode;
 use crate::dialect::Dialect;
 use crate::model::{Customer, FieldError, ParsedRecord, ReferenceTarget};
 use crate::store::customers;
@@ -59,7 +60,7 @@ pub(super) async fn check(
                 };
                 FieldError::new(
                     &reference.field,
-                    "unknown_reference",
+                    FieldCode::UnknownReference,
                     format!(
                         "{} names customer {named}, which this tenant does not have (stored or earlier in this batch)",
                         reference.field

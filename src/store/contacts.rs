@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::codes::FieldCode;
 use crate::dialect::match_by_contact::{
     Candidate, Contact, Contacts, Decision, Resolver, Rules, new_key,
 };
@@ -187,7 +188,7 @@ async fn recorded_decisions<'c>(
                         .unwrap_or_else(|| {
                             vec![FieldError::new(
                                 "",
-                                "refused",
+                                FieldCode::Refused,
                                 "the record was refused when this batch was first delivered",
                             )]
                         }),

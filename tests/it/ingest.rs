@@ -101,7 +101,7 @@ async fn a_message_without_tenant_or_with_an_unknown_type_is_rejected_before_any
         ),
     ] {
         match direct.ingest.process(&message, &body).await {
-            Err(BatchError::Rejected(rejection)) => assert_eq!(rejection.code, code),
+            Err(BatchError::Rejected(rejection)) => assert_eq!(rejection.code.as_str(), code),
             other => panic!("expected a rejection `{code}`, got {other:?}"),
         }
     }
