@@ -494,7 +494,7 @@ impl DeadLetter {
         let reason = header_str(headers, ERROR_CODE)
             .map(str::to_owned)
             .or_else(|| death.as_ref().and_then(|d| d.reason.clone()))
-            .or_else(|| header_str(headers, "x-first-death-reason").map(str::to_owned))
+            .or_else(|| header_str(headers, headers::X_FIRST_DEATH_REASON).map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
         // Not `x-delivery-count`: on a delivery from the dead-letter queue it counts the dead-letter
         // queue's own deliveries, which is to say how often someone listed it.
@@ -612,13 +612,13 @@ fn is_dead_letter_header(name: &str) -> bool {
         name,
         headers::X_DEATH
             | headers::DELIVERY_COUNT
-            | "x-acquired-count"
+            | headers::ACQUIRED_COUNT
             | ERROR_CODE
             | ERROR_MESSAGE
             | ERROR_ATTEMPTS
             | DEAD_LETTERED_AT
-    ) || name.starts_with("x-first-death-")
-        || name.starts_with("x-last-death-")
+    ) || name.starts_with(headers::X_FIRST_DEATH_PREFIX)
+        || name.starts_with(headers::X_LAST_DEATH_PREFIX)
 }
 
 /// Everything `show` prints about one message.
@@ -898,23 +898,24 @@ mod tests {
     #[test]
     fn replay_drops_the_dead_letter_headers_and_counts_the_replay() {
         let mut headers = FieldTable::default();
-        headers.insert("tenant".into(), long("acme"));
-        headers.insert("outage-requeues".into(), AMQPValue::LongLongInt(2));
+        headers.insert(headers::TENANT.into(), long("acme"));
+        headers.insert(headers::OUTAGE_REQUEUES.into(), AMQPValue::LongLongInt(2));
         headers.insert(REPLAY_COUNT.into(), AMQPValue::LongLongInt(1));
         for name in [
-            ERROR_CODE,
-            ERROR_MESSAGE,
-            DEAD_LETTERED_AT,
-            "x-first-death-reason",
-            "x-first-death-queue",
-            "x-last-death-reason",
+            ERROR_CODE.to_owned(),
+            ERROR_MESSAGE.to_owned(),
+            DEAD_LETTERED_AT.to_owned(),
+            headers::X_FIRST_DEATH_REASON.to_owned(),
+            format!("{}queue", headers::X_FIRST_DEATH_PREFIX),
+            format!("{}reason", headers::X_LAST_DEATH_PREFIX),
         ] {
             headers.insert(name.into(), long("x"));
         }
         headers.insert(ERROR_ATTEMPTS.into(), AMQPValue::LongLongInt(3));
-        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(5));
+        headers.insert(headers::DELIVERY_COUNT.into(), AMQPValue::LongLongInt(5));
+        headers.insert(headers::ACQUIRED_COUNT.into(), AMQPValue::LongLongInt(6));
         headers.insert(
-            "x-death".into(),
+            headers::X_DEATH.into(),
             AMQPValue::FieldArray(FieldArray::from(vec![])),
         );
         let original = BasicProperties::default()
@@ -935,7 +936,10 @@ mod tests {
             .flatten()
             .map(|(name, _)| name.as_str())
             .collect();
-        assert_eq!(names, ["outage-requeues", REPLAY_COUNT, "tenant"]);
+        assert_eq!(
+            names,
+            [headers::OUTAGE_REQUEUES, REPLAY_COUNT, headers::TENANT]
+        );
         assert_eq!(header_i64(replayed.headers(), REPLAY_COUNT), Some(2));
         assert_eq!(replayed.message_id(), original.message_id());
         assert_eq!(replayed.kind(), original.kind());
@@ -955,11 +959,11 @@ mod tests {
         death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
         let mut headers = FieldTable::default();
         headers.insert(
-            "x-death".into(),
+            headers::X_DEATH.into(),
             AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
         );
-        headers.insert("x-first-death-reason".into(), long("rejected"));
-        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(7));
+        headers.insert(headers::X_FIRST_DEATH_REASON.into(), long("rejected"));
+        headers.insert(headers::DELIVERY_COUNT.into(), AMQPValue::LongLongInt(7));
         let mut delivery = Delivery::mock(1, "".into(), "".into(), false, b"[]".to_vec());
         delivery.properties = BasicProperties::default().with_headers(headers);
 
