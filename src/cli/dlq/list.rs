@@ -3,12 +3,11 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lapin::Connection;
 
 use super::Filters;
-use super::letter::DeadLetter;
-use super::scan::DeadLetterQueue;
+use super::scan::{Message, Scan, Visit, Visited};
 use super::text::{age, printable, shorten};
 use crate::config::Settings;
 
@@ -26,50 +25,22 @@ pub(super) async fn run(
     connection: &Connection,
     args: &ListArgs,
 ) -> anyhow::Result<()> {
-    let mut queue = DeadLetterQueue::open(connection, &settings.amqp.dead_letter_queue).await?;
-    let now = Utc::now();
-    let mut rows = vec![[
-        "ID".to_owned(),
-        "TENANT".to_owned(),
-        "DIALECT".to_owned(),
-        "REASON".to_owned(),
-        "ATTEMPTS".to_owned(),
-        "AGE".to_owned(),
-        "LAST ERROR".to_owned(),
-    ]];
-    let limit = args.filters.limit.unwrap_or(usize::MAX);
-    let result: anyhow::Result<()> = async {
-        while rows.len() - 1 < limit {
-            let Some(delivery) = queue.next().await? else {
-                break;
-            };
-            queue.progress(&format!("listed {}", rows.len() - 1));
-            let letter = DeadLetter::read(&delivery);
-            if letter.passes(&args.filters, None) {
-                rows.push([
-                    printable(&letter.id),
-                    printable(letter.tenant.as_deref().unwrap_or("-")),
-                    printable(letter.dialect.as_deref().unwrap_or("-")),
-                    printable(&letter.reason),
-                    letter
-                        .attempts
-                        .map_or_else(|| "-".to_owned(), |n| n.to_string()),
-                    letter
-                        .dead_lettered_at
-                        .map_or_else(|| "-".to_owned(), |at| age(at, now)),
-                    shorten(
-                        &printable(letter.last_error.as_deref().unwrap_or("-")),
-                        LIST_ERROR_LIMIT,
-                    ),
-                ]);
-            }
-        }
-        Ok(())
-    }
-    .await;
-    let read = queue.read;
-    let returned = queue.hand_back().await;
-    result.and(returned)?;
+    let scan = Scan::open(connection, &settings.amqp.dead_letter_queue).await?;
+    let mut listing = Listing {
+        filters: &args.filters,
+        now: Utc::now(),
+        rows: vec![[
+            "ID".to_owned(),
+            "TENANT".to_owned(),
+            "DIALECT".to_owned(),
+            "REASON".to_owned(),
+            "ATTEMPTS".to_owned(),
+            "AGE".to_owned(),
+            "LAST ERROR".to_owned(),
+        ]],
+    };
+    let read = scan.run(args.filters.limit, &mut listing).await?;
+    let rows = listing.rows;
 
     // The free-text column goes last, so a long error does not push the others out of line.
     let mut widths = [0usize; 6];
@@ -93,4 +64,41 @@ pub(super) async fn run(
         settings.amqp.dead_letter_queue
     );
     Ok(())
+}
+
+/// The table `list` prints, one row per message that passes the filters after the heading.
+struct Listing<'a> {
+    filters: &'a Filters,
+    now: DateTime<Utc>,
+    rows: Vec<[String; 7]>,
+}
+
+impl Visit for Listing<'_> {
+    fn progress(&self) -> Option<String> {
+        Some(format!("listed {}", self.rows.len() - 1))
+    }
+
+    async fn visit(&mut self, message: Message<'_>) -> anyhow::Result<Visited> {
+        let letter = &message.letter;
+        if !letter.passes(self.filters, None) {
+            return Ok(Visited::Passed);
+        }
+        self.rows.push([
+            printable(&letter.id),
+            printable(letter.tenant.as_deref().unwrap_or("-")),
+            printable(letter.dialect.as_deref().unwrap_or("-")),
+            printable(&letter.reason),
+            letter
+                .attempts
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            letter
+                .dead_lettered_at
+                .map_or_else(|| "-".to_owned(), |at| age(at, self.now)),
+            shorten(
+                &printable(letter.last_error.as_deref().unwrap_or("-")),
+                LIST_ERROR_LIMIT,
+            ),
+        ]);
+        Ok(Visited::Acted)
+    }
 }

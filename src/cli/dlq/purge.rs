@@ -1,10 +1,11 @@
 //! `dlq purge`: dead letters deleted for good.
 
+use std::collections::HashSet;
+
 use anyhow::Context;
 use lapin::Connection;
 
-use super::letter::DeadLetter;
-use super::scan::DeadLetterQueue;
+use super::scan::{Message, Scan, Visit, Visited};
 use super::text::printable;
 use super::{Filters, Selection};
 use crate::config::Settings;
@@ -28,42 +29,56 @@ pub(super) async fn run(
     connection: &Connection,
     args: &PurgeArgs,
 ) -> anyhow::Result<()> {
-    let mut queue = DeadLetterQueue::open(connection, &settings.amqp.dead_letter_queue).await?;
-    let ids = args.selection.ids();
-    let limit = args.filters.limit.unwrap_or(usize::MAX);
-    let mut deleted = 0usize;
-
-    let result: anyhow::Result<()> = async {
-        while deleted < limit {
-            let Some(delivery) = queue.next().await? else {
-                break;
-            };
-            queue.progress(&format!("deleted {deleted}"));
-            let letter = DeadLetter::read(&delivery);
-            if !letter.passes(&args.filters, ids.as_ref()) {
-                continue;
-            }
-            let id = printable(&letter.id);
-            if args.dry_run {
-                deleted += 1;
-                println!("would delete {id} ({})", letter.label());
-                continue;
-            }
-            queue
-                .remove(&delivery)
-                .await
-                .with_context(|| format!("deleting {id}"))?;
-            deleted += 1;
-            println!("deleted {id} ({})", letter.label());
-        }
-        Ok(())
-    }
-    .await;
-    let returned = queue.hand_back().await;
+    let scan = Scan::open(connection, &settings.amqp.dead_letter_queue).await?;
+    let mut purge = Purge {
+        ids: args.selection.ids(),
+        filters: &args.filters,
+        dry_run: args.dry_run,
+        deleted: 0,
+    };
+    let result = scan.run(args.filters.limit, &mut purge).await;
+    let deleted = purge.deleted;
     if args.dry_run {
         println!("dry run: would delete {deleted}; nothing was deleted");
     } else {
         println!("deleted {deleted}");
     }
-    result.and(returned)
+    result.map(drop)
+}
+
+/// Deletes each selected message.
+struct Purge<'a> {
+    /// The ids asked for, or `None` for `--all`.
+    ids: Option<HashSet<String>>,
+    filters: &'a Filters,
+    dry_run: bool,
+    /// Deleted, or that would be in a dry run.
+    deleted: usize,
+}
+
+impl Visit for Purge<'_> {
+    fn progress(&self) -> Option<String> {
+        Some(format!("deleted {}", self.deleted))
+    }
+
+    async fn visit(&mut self, message: Message<'_>) -> anyhow::Result<Visited> {
+        let letter = &message.letter;
+        if !letter.passes(self.filters, self.ids.as_ref()) {
+            return Ok(Visited::Passed);
+        }
+        let id = printable(&letter.id);
+        let label = letter.label();
+        if self.dry_run {
+            self.deleted += 1;
+            println!("would delete {id} ({label})");
+            return Ok(Visited::Acted);
+        }
+        message
+            .remove()
+            .await
+            .with_context(|| format!("deleting {id}"))?;
+        self.deleted += 1;
+        println!("deleted {id} ({label})");
+        Ok(Visited::Acted)
+    }
 }

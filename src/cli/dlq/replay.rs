@@ -1,11 +1,12 @@
 //! `dlq replay`: dead letters back to the ingest queue.
 
+use std::collections::HashSet;
+
 use anyhow::{Context, bail};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 
-use super::letter::DeadLetter;
-use super::scan::DeadLetterQueue;
+use super::scan::{Message, Scan, Visit, Visited};
 use super::text::printable;
 use super::{Filters, Selection};
 use crate::amqp::Publisher;
@@ -31,74 +32,96 @@ pub(super) async fn run(
     connection: &Connection,
     args: &ReplayArgs,
 ) -> anyhow::Result<()> {
-    let max_replays = i64::from(settings.dlq.max_replays);
-    let ingest_queue = settings.amqp.ingest_queue.as_str();
     let publisher = Publisher::open(connection).await?;
-    let mut queue = DeadLetterQueue::open(connection, &settings.amqp.dead_letter_queue).await?;
-    let ids = args.selection.ids();
-    let limit = args.filters.limit.unwrap_or(usize::MAX);
-    let (mut moved, mut skipped) = (0usize, 0usize);
-
-    let result: anyhow::Result<()> = async {
-        while moved < limit {
-            let Some(delivery) = queue.next().await? else {
-                break;
-            };
-            queue.progress(&format!("moved {moved}, skipped {skipped}"));
-            let letter = DeadLetter::read(&delivery);
-            if !letter.passes(&args.filters, ids.as_ref()) {
-                continue;
-            }
-            let id = printable(&letter.id);
-            if letter.replays >= max_replays {
-                skipped += 1;
-                println!(
-                    "skipped {id}: replayed {} times already (dlq.max_replays is {max_replays})",
-                    letter.replays
-                );
-                continue;
-            }
-            if args.dry_run {
-                moved += 1;
-                println!("would move {id} ({})", letter.label());
-                continue;
-            }
-            // The copy must be confirmed on the ingest queue before the dead letter is removed: a crash
-            // in between leaves two copies (the batch id makes the second harmless), never none.
-            let delivered = publisher
-                .publish(Outgoing {
-                    exchange: "",
-                    routing_key: ingest_queue,
-                    body: &delivery.data,
-                    properties: replay_properties(&delivery.properties, letter.replays + 1),
-                    mandatory: true,
-                })
-                .await
-                .with_context(|| format!("replaying {id}; it stays in the dead-letter queue"))?;
-            if delivered == Delivered::Unroutable {
-                bail!(
-                    "replaying {id}: no queue named {ingest_queue} took it; it stays in the \
-                     dead-letter queue"
-                );
-            }
-            queue.remove(&delivery).await.with_context(|| {
-                format!(
-                    "{id} was copied to {ingest_queue} but its dead letter could not be removed"
-                )
-            })?;
-            moved += 1;
-            println!("moved {id} ({})", letter.label());
-        }
-        Ok(())
-    }
-    .await;
-    let returned = queue.hand_back().await;
+    let scan = Scan::open(connection, &settings.amqp.dead_letter_queue).await?;
+    let mut replay = Replay {
+        publisher,
+        ingest_queue: &settings.amqp.ingest_queue,
+        max_replays: i64::from(settings.dlq.max_replays),
+        ids: args.selection.ids(),
+        filters: &args.filters,
+        dry_run: args.dry_run,
+        moved: 0,
+        skipped: 0,
+    };
+    let result = scan.run(args.filters.limit, &mut replay).await;
+    let Replay { moved, skipped, .. } = replay;
     if args.dry_run {
         println!("dry run: would move {moved}, would skip {skipped}; nothing was moved");
     } else {
         println!("moved {moved}, skipped {skipped}");
     }
-    result.and(returned)
+    result.map(drop)
+}
+
+/// Moves each selected message to the ingest queue, unless it went round too often already.
+struct Replay<'a> {
+    publisher: Publisher,
+    ingest_queue: &'a str,
+    max_replays: i64,
+    /// The ids asked for, or `None` for `--all`.
+    ids: Option<HashSet<String>>,
+    filters: &'a Filters,
+    dry_run: bool,
+    /// Moved, or that would be in a dry run.
+    moved: usize,
+    /// Passed the filters but replayed `dlq.max_replays` times already.
+    skipped: usize,
+}
+
+impl Visit for Replay<'_> {
+    fn progress(&self) -> Option<String> {
+        Some(format!("moved {}, skipped {}", self.moved, self.skipped))
+    }
+
+    async fn visit(&mut self, message: Message<'_>) -> anyhow::Result<Visited> {
+        let letter = &message.letter;
+        if !letter.passes(self.filters, self.ids.as_ref()) {
+            return Ok(Visited::Passed);
+        }
+        let id = printable(&letter.id);
+        let max_replays = self.max_replays;
+        if letter.replays >= max_replays {
+            self.skipped += 1;
+            println!(
+                "skipped {id}: replayed {} times already (dlq.max_replays is {max_replays})",
+                letter.replays
+            );
+            return Ok(Visited::Passed);
+        }
+        let label = letter.label();
+        if self.dry_run {
+            self.moved += 1;
+            println!("would move {id} ({label})");
+            return Ok(Visited::Acted);
+        }
+        let ingest_queue = self.ingest_queue;
+        // The copy must be confirmed on the ingest queue before the dead letter is removed: a crash
+        // in between leaves two copies (the batch id makes the second harmless), never none.
+        let delivered = self
+            .publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: ingest_queue,
+                body: &message.delivery.data,
+                properties: replay_properties(&message.delivery.properties, letter.replays + 1),
+                mandatory: true,
+            })
+            .await
+            .with_context(|| format!("replaying {id}; it stays in the dead-letter queue"))?;
+        if delivered == Delivered::Unroutable {
+            bail!(
+                "replaying {id}: no queue named {ingest_queue} took it; it stays in the \
+                 dead-letter queue"
+            );
+        }
+        message.remove().await.with_context(|| {
+            format!("{id} was copied to {ingest_queue} but its dead letter could not be removed")
+        })?;
+        self.moved += 1;
+        println!("moved {id} ({label})");
+        Ok(Visited::Acted)
+    }
 }
 
 /// The properties of the copy `replay` publishes: the producer's own, with the dead-letter

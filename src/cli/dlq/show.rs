@@ -10,7 +10,7 @@ use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 
 use super::letter::{DeadLetter, timestamp};
-use super::scan::DeadLetterQueue;
+use super::scan::{Message, Scan, Visit, Visited};
 use super::text::{age, printable};
 use crate::amqp::headers::value_i64;
 use crate::config::Settings;
@@ -29,30 +29,16 @@ pub(super) async fn run(
     connection: &Connection,
     args: &ShowArgs,
 ) -> anyhow::Result<()> {
-    let mut queue = DeadLetterQueue::open(connection, &settings.amqp.dead_letter_queue).await?;
-    let now = Utc::now();
-    let mut found = 0usize;
-    let result: anyhow::Result<()> = async {
-        // Read to the end: a message dead-lettered twice has two copies, and the operator should see
-        // both before replaying or purging by id.
-        while let Some(delivery) = queue.next().await? {
-            let letter = DeadLetter::read(&delivery);
-            if letter.id != args.id {
-                continue;
-            }
-            found += 1;
-            let mut out = std::io::stdout().lock();
-            if found > 1 {
-                writeln!(out)?;
-            }
-            out.write_all(describe(&delivery, &letter, now).as_bytes())?;
-        }
-        Ok(())
-    }
-    .await;
-    let returned = queue.hand_back().await;
-    result.and(returned)?;
-    if found == 0 {
+    let scan = Scan::open(connection, &settings.amqp.dead_letter_queue).await?;
+    let mut showing = Showing {
+        id: &args.id,
+        now: Utc::now(),
+        found: 0,
+    };
+    // No limit, read to the end: a message dead-lettered twice has two copies, and the operator
+    // should see both before replaying or purging by id.
+    scan.run(None, &mut showing).await?;
+    if showing.found == 0 {
         bail!(
             "no message with id {} in {}",
             args.id,
@@ -60,6 +46,32 @@ pub(super) async fn run(
         );
     }
     Ok(())
+}
+
+/// Prints every message with the id asked for.
+struct Showing<'a> {
+    id: &'a str,
+    now: DateTime<Utc>,
+    found: usize,
+}
+
+impl Visit for Showing<'_> {
+    fn progress(&self) -> Option<String> {
+        None
+    }
+
+    async fn visit(&mut self, message: Message<'_>) -> anyhow::Result<Visited> {
+        if message.letter.id != self.id {
+            return Ok(Visited::Passed);
+        }
+        self.found += 1;
+        let mut out = std::io::stdout().lock();
+        if self.found > 1 {
+            writeln!(out)?;
+        }
+        out.write_all(describe(&message.delivery, &message.letter, self.now).as_bytes())?;
+        Ok(Visited::Acted)
+    }
 }
 
 /// Everything `show` prints about one message.
