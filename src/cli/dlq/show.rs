@@ -134,17 +134,28 @@ fn describe(delivery: &Delivery, letter: &DeadLetter, now: DateTime<Utc>) -> Str
     }
 
     let body = &delivery.data;
-    // Checked without building a value, so an object's keys print in the producer's order.
-    let (kind, mut text, truncated) =
-        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-            let text = std::str::from_utf8(body).expect("valid JSON is UTF-8");
-            let (pretty, truncated) = pretty_json(text, SHOW_BODY_LIMIT);
+    // UTF-8 first: serde_json skips over a string without checking its bytes, so a body can pass
+    // as JSON without being text.
+    let (kind, mut text, truncated) = match std::str::from_utf8(body) {
+        // Checked without building a value, so an object's keys print in the producer's order.
+        Ok(json) if serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok() => {
+            let (pretty, truncated) = pretty_json(json, SHOW_BODY_LIMIT);
             ("JSON", pretty, truncated)
-        } else {
+        }
+        Ok(text) => {
+            let (text, truncated) = printable_text(text, SHOW_BODY_LIMIT);
+            ("not JSON, shown as text", text, truncated)
+        }
+        Err(_) => {
             let text = String::from_utf8_lossy(body);
             let (text, truncated) = printable_text(&text, SHOW_BODY_LIMIT);
-            ("not JSON, shown as text", text, truncated)
-        };
+            (
+                "not UTF-8, invalid bytes shown as \u{FFFD}",
+                text,
+                truncated,
+            )
+        }
+    };
     let _ = writeln!(out, "body ({} bytes, {kind}):", body.len());
     if truncated {
         let _ = write!(
@@ -302,5 +313,38 @@ mod tests {
         let (short, cut) = pretty_json(body, 10);
         assert!(cut);
         assert!(short.len() <= 11, "{short}");
+    }
+
+    fn show(body: &[u8]) -> String {
+        let delivery = Delivery::mock(1, "".into(), "".into(), false, body.to_vec());
+        let letter = DeadLetter::read(&delivery);
+        describe(&delivery, &letter, Utc::now())
+    }
+
+    /// What `show` prints from the body on: the line naming its kind, then the body.
+    fn body_part(shown: &str) -> &str {
+        &shown[shown.find("body (").expect("a body line")..]
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_shown_with_its_bad_bytes_replaced() {
+        // Shaped like JSON, but JSON is UTF-8: the byte inside the string makes it neither.
+        let shown = show(b"[\"caf\xe9\"]");
+        assert_eq!(
+            body_part(&shown),
+            "body (8 bytes, not UTF-8, invalid bytes shown as \u{FFFD}):\n[\"caf\u{FFFD}\"]\n"
+        );
+
+        let shown = show(b"\xff\xfe plain");
+        assert_eq!(
+            body_part(&shown),
+            "body (8 bytes, not UTF-8, invalid bytes shown as \u{FFFD}):\n\u{FFFD}\u{FFFD} plain\n"
+        );
+
+        let shown = show(b"plain\ttext");
+        assert_eq!(
+            body_part(&shown),
+            "body (10 bytes, not JSON, shown as text):\nplain\ttext\n"
+        );
     }
 }
