@@ -9,8 +9,17 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 pub const TENANT: &str = "tenant";
 /// Which delivery of a message this is, counted by quorum queues (absent on the first).
 pub const DELIVERY_COUNT: &str = "x-delivery-count";
+/// How often a quorum queue handed a message to a consumer (RabbitMQ 4.0 and later), beside
+/// `x-delivery-count`.
+pub const ACQUIRED_COUNT: &str = "x-acquired-count";
 /// Set by the broker on a message it dead-lettered itself.
 pub const X_DEATH: &str = "x-death";
+/// Set by the broker beside `x-death`: why the message was dead-lettered the first time.
+pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
+/// The broker's other dead-letter headers, by how their names begin: `x-first-death-queue`,
+/// `x-last-death-reason` and the like.
+pub const X_FIRST_DEATH_PREFIX: &str = "x-first-death-";
+pub const X_LAST_DEATH_PREFIX: &str = "x-last-death-";
 /// Header on a copy that was handed back to the queue during a database outage.
 pub const OUTAGE_REQUEUES: &str = "outage-requeues";
 /// Header on a message moved back from the dead-letter queue by `dlq replay`.
