@@ -57,8 +57,12 @@ codes! {
         TooManyRecords => "too_many_records",
         /// The stored reply of a completed batch could not be read.
         StoredReplyUnreadable => "stored_reply_unreadable",
-        /// Processing failed on every allowed delivery.
+        /// Processing failed on every allowed delivery. The reason is in the service's log, under
+        /// the error id the message names.
         ProcessingFailed => "processing_failed",
+        /// Processing stopped on a fault of the service (a panic). The reason is in the service's
+        /// log, under the error id the message names.
+        InternalError => "internal_error",
     }
 }
 

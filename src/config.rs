@@ -115,6 +115,15 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        // Each message in hand holds one connection for its batch claim and needs another to work.
+        anyhow::ensure!(
+            self.database.max_connections as usize > self.pipeline.concurrency,
+            "invalid configuration: database.max_connections ({}) must be more than \
+             pipeline.concurrency ({}): each message in hand holds a connection for its batch \
+             claim and needs another to work",
+            self.database.max_connections,
+            self.pipeline.concurrency,
+        );
         let checks = [
             (
                 self.pipeline.concurrency == 0,

@@ -11,8 +11,9 @@
 //! | `relay-before-publish` | events are claimed from the outbox, not published |
 //! | `relay-after-publish` | events are confirmed by the broker, not yet marked done |
 //! | `batch-poison` | every delivery of the batch whose id is the point's argument fails |
+//! | `batch-panic` | processing the batch whose id is the point's argument panics |
 //!
-//! All but the last stop the process on the spot.
+//! All but the last two stop the process on the spot.
 
 /// Ends the process at once, as `kill -9` would: no destructors, no graceful shutdown, connections
 /// dropped by the kernel.

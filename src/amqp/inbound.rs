@@ -3,13 +3,16 @@
 //! dead-lettered (confirmed) and answered; an outage hands back a fresh copy; anything else goes back
 //! to the queue, counting one delivery, until its last allowed delivery dead-letters it.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
+use uuid::Uuid;
 
 use super::Publisher;
 use super::headers::{self, header_i64, long_string};
@@ -80,7 +83,22 @@ impl Inbound {
         }
         let dialect_label = envelope.dialect_label();
 
-        let outcome = match self.ingest.process(&envelope, &delivery.data).await {
+        // A panic settles this delivery (dead-lettered, answered) instead of leaving it unacked
+        // until the broker's consumer timeout closes the channel and every other delivery with it.
+        let processed = AssertUnwindSafe(self.ingest.process(&envelope, &delivery.data))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                let error_id = Uuid::now_v7();
+                tracing::error!(%error_id, "processing the message panicked; dead-lettering it");
+                Err(BatchError::Rejected(Rejection::new(
+                    RejectionCode::InternalError,
+                    format!(
+                        "processing stopped on a fault of the service; error id {error_id} is in its log"
+                    ),
+                )))
+            });
+        let outcome = match processed {
             Ok(reply) => {
                 fail::fail_point!("batch-before-reply", |_| crate::failpoints::crash());
                 let outcome = reply.status.as_str();
@@ -135,11 +153,18 @@ impl Inbound {
         error: Unfinished,
     ) -> &'static str {
         let attempt = headers::delivery_attempt(&delivery.properties);
-        tracing::error!(error = ?error, attempt, "message not finished");
-        if let Unfinished::Failed(cause) = &error
+        let error_id = Uuid::now_v7();
+        tracing::error!(%error_id, error = ?error, attempt, "message not finished");
+        if let Unfinished::Failed(_) = &error
             && attempt >= i64::from(self.amqp.delivery_limit)
         {
-            let rejection = Rejection::new(RejectionCode::ProcessingFailed, format!("{cause:#}"));
+            // The cause may quote the database or the data: it stays in the log, under this id.
+            let rejection = Rejection::new(
+                RejectionCode::ProcessingFailed,
+                format!(
+                    "processing failed on every allowed delivery; error id {error_id} is in the service's log"
+                ),
+            );
             match self
                 .reject(publisher, delivery, envelope, rejection, Utc::now())
                 .await

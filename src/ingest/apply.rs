@@ -1,6 +1,6 @@
 //! Applying a batch's valid records chunk by chunk, and the result of every input record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use anyhow::anyhow;
@@ -20,9 +20,23 @@ pub(super) struct Outline {
     errors: Option<Vec<FieldError>>,
 }
 
+/// The batch a set of rows belongs to, and how its rows are written.
+pub(super) struct Batch<'a> {
+    pub tenant: &'a str,
+    pub batch_id: &'a str,
+    pub merge: Option<Merge>,
+    /// The index of the first chunk this delivery writes: after every chunk an earlier delivery
+    /// recorded.
+    pub first_chunk: i32,
+}
+
 /// The rows to store (duplicate keys collapse to their last valid occurrence; the earlier ones report
-/// its result) and every record's outline.
-pub(super) fn prepare(parsed: &[ParsedRecord]) -> (Vec<customers::ChunkRow>, Vec<Outline>) {
+/// its result; keys whose result an earlier delivery recorded are not stored again) and every
+/// record's outline.
+pub(super) fn prepare(
+    parsed: &[ParsedRecord],
+    recorded: &HashMap<String, customers::Applied>,
+) -> (Vec<customers::ChunkRow>, Vec<Outline>) {
     let mut last_of_key: HashMap<&str, usize> = HashMap::new();
     for record in parsed {
         if let (Some(key), Ok(_)) = (&record.key, &record.customer) {
@@ -35,6 +49,7 @@ pub(super) fn prepare(parsed: &[ParsedRecord]) -> (Vec<customers::ChunkRow>, Vec
         let mut errors = record.customer.as_ref().err().cloned();
         if let (Some(key), Ok(customer)) = (&record.key, &record.customer)
             && last_of_key[key.as_str()] == record.index
+            && !recorded.contains_key(key)
         {
             match serde_json::to_string(customer) {
                 Ok(data) => rows.push(customers::ChunkRow {
@@ -60,15 +75,21 @@ pub(super) fn prepare(parsed: &[ParsedRecord]) -> (Vec<customers::ChunkRow>, Vec
     (rows, outline)
 }
 
-/// Applies the rows chunk by chunk and returns one result per input record.
+/// Applies the rows chunk by chunk and returns one result per input record: what this delivery
+/// applied, or what an earlier delivery recorded for the record's key.
 pub(super) async fn apply(
     ingest: &Ingest,
-    tenant: &str,
-    batch_id: &str,
-    merge: Option<Merge>,
+    batch: Batch<'_>,
     rows: Vec<customers::ChunkRow>,
     outline: Vec<Outline>,
+    recorded: HashMap<String, customers::Applied>,
 ) -> Result<Vec<RecordResult>, BatchError> {
+    let Batch {
+        tenant,
+        batch_id,
+        merge,
+        first_chunk,
+    } = batch;
     let merged = |stored: serde_json::Value, row: &customers::ChunkRow| -> String {
         let (Some(merge), Ok(incoming), Ok(stored)) = (
             merge,
@@ -84,12 +105,16 @@ pub(super) async fn apply(
 
     let chunk_size = ingest.settings.chunk_size;
     let chunk_count = rows.len().div_ceil(chunk_size);
-    let mut applied: HashMap<String, customers::Applied> = HashMap::with_capacity(rows.len());
+    let earlier: HashSet<String> = recorded.keys().cloned().collect();
+    let mut applied = recorded;
+    applied.reserve(rows.len());
     let mut refused: HashMap<String, FieldError> = HashMap::new();
     for (chunk_index, chunk) in rows.chunks(chunk_size).enumerate() {
         let started = Instant::now();
         let index = i32::try_from(chunk_index)
-            .map_err(|_| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
+            .ok()
+            .and_then(|i| i.checked_add(first_chunk))
+            .ok_or_else(|| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
         let result = ingest
             .retry
             .run(|| customers::apply_chunk(&ingest.pool, tenant, batch_id, index, chunk, merged))
@@ -130,16 +155,14 @@ pub(super) async fn apply(
     outline
         .into_iter()
         .map(|record| match (record.key, record.errors) {
+            // A record refused now whose key an earlier delivery applied (a reference since deleted)
+            // reports what was done.
+            (Some(key), Some(_)) if earlier.contains(&key) => {
+                Ok(applied_result(record.index, key.clone(), &applied[&key]))
+            }
             (key, Some(errors)) => Ok(RecordResult::failed(record.index, key, errors)),
             (Some(key), None) => match (applied.get(&key), refused.get(&key)) {
-                (Some(a), _) => Ok(RecordResult {
-                    index: record.index,
-                    id: Some(a.id),
-                    action: a.action,
-                    version: Some(a.version),
-                    errors: vec![],
-                    key: Some(key),
-                }),
+                (Some(a), _) => Ok(applied_result(record.index, key.clone(), a)),
                 (None, Some(failure)) => Ok(RecordResult::failed(
                     record.index,
                     Some(key),
@@ -159,4 +182,15 @@ pub(super) async fn apply(
             ))),
         })
         .collect()
+}
+
+fn applied_result(index: usize, key: String, applied: &customers::Applied) -> RecordResult {
+    RecordResult {
+        index,
+        id: Some(applied.id),
+        action: applied.action,
+        version: Some(applied.version),
+        errors: vec![],
+        key: Some(key),
+    }
 }

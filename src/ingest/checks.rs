@@ -11,6 +11,7 @@ use super::Envelope;
 pub const MAX_NESTING: usize = 32;
 
 /// The tenant and dialect of a message whose envelope passed its checks.
+#[derive(Clone, Copy)]
 pub(super) struct Addressed<'a> {
     pub tenant: &'a str,
     pub dialect: &'static dyn Dialect,

@@ -10,9 +10,9 @@ mod references;
 mod retry;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -28,6 +28,9 @@ use crate::model::{Action, Counts, Customer};
 use crate::reply::Reply;
 use crate::store::batches;
 use retry::Retry;
+
+/// How often a delivery waiting for another delivery of its batch looks again.
+const CLAIM_POLL: Duration = Duration::from_millis(100);
 
 /// What the transport tells the pipeline about a message, besides its body.
 #[derive(Debug, Clone)]
@@ -86,11 +89,52 @@ impl Ingest {
     /// Everything up to the reply: returns the batch's reply, or why there is none. A batch that
     /// completed before is answered from its stored reply; otherwise its records are applied, its
     /// reply stored, and returned.
+    ///
+    /// One delivery of a batch works on it at a time: another delivery of the same batch waits for
+    /// it, then finds the batch completed and returns its stored reply.
     pub async fn process(&self, envelope: &Envelope, body: &[u8]) -> Result<Reply, BatchError> {
         let started_at = Utc::now();
-        let checks::Addressed { tenant, dialect } =
-            checks::envelope(envelope, body, self.settings.max_body_bytes)?;
+        let addressed = checks::envelope(envelope, body, self.settings.max_body_bytes)?;
+        let claim = self.claim(addressed.tenant, &envelope.batch_id).await?;
+        let processed = self
+            .process_claimed(envelope, body, addressed, started_at)
+            .await;
+        claim.release(addressed.tenant, &envelope.batch_id).await;
+        processed
+    }
 
+    /// Claims the batch for this delivery, waiting while another delivery holds it.
+    async fn claim(&self, tenant: &str, batch_id: &str) -> Result<batches::Claim, BatchError> {
+        let started = Instant::now();
+        let mut waiting = false;
+        loop {
+            let claim = self
+                .retry
+                .run(|| batches::try_claim(&self.pool, tenant, batch_id))
+                .await?;
+            if let Some(claim) = claim {
+                return Ok(claim);
+            }
+            if !waiting {
+                tracing::info!("another delivery of this batch is being processed; waiting for it");
+                waiting = true;
+            }
+            if started.elapsed() > self.retry.budget {
+                return Err(BatchError::Failed(anyhow::anyhow!(
+                    "another delivery of this batch held it for the whole retry budget"
+                )));
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+        }
+    }
+
+    async fn process_claimed(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        checks::Addressed { tenant, dialect }: checks::Addressed<'_>,
+        started_at: DateTime<Utc>,
+    ) -> Result<Reply, BatchError> {
         let stored = self
             .retry
             .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
@@ -111,6 +155,10 @@ impl Ingest {
         {
             return Err(BatchError::Failed(anyhow::anyhow!("injected failure")));
         }
+        #[cfg(feature = "failpoints")]
+        if fail::eval("batch-panic", |chosen| chosen).flatten() == Some(envelope.batch_id.clone()) {
+            panic!("injected panic");
+        }
         let text = checks::body(body)?;
         let limits = Limits {
             max_records: self.settings.max_records,
@@ -120,17 +168,26 @@ impl Ingest {
 
         let parsed = keys::assign(self, tenant, &envelope.batch_id, dialect, text, parsed).await?;
         let parsed = references::check(self, tenant, dialect, parsed).await?;
-        let (rows, outline) = apply::prepare(&parsed);
+        // What an earlier delivery of this batch applied before it stopped, found by key.
+        let (recorded, next_chunk) = self
+            .retry
+            .run(|| batches::recorded_results(&self.pool, tenant, &envelope.batch_id))
+            .await?;
+        let (rows, outline) = apply::prepare(&parsed, &recorded);
         // A large batch's parsed customers are its biggest form in memory: they are let go as soon
         // as they are serialized, unless the dialect's response is made from them.
         let kept = dialect.renders_customers().then_some(parsed);
         let records = apply::apply(
             self,
-            tenant,
-            &envelope.batch_id,
-            dialect.merge(),
+            apply::Batch {
+                tenant,
+                batch_id: &envelope.batch_id,
+                merge: dialect.merge(),
+                first_chunk: next_chunk,
+            },
             rows,
             outline,
+            recorded,
         )
         .await?;
         let customers: Vec<Option<&Customer>> = kept

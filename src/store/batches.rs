@@ -1,6 +1,98 @@
-//! Completed batches and their replies: what makes a redelivered batch a no-op.
+//! Batches: the claim that lets one delivery of a batch work on it at a time, the results its chunks
+//! recorded, and the stored reply of a completed batch, which makes a redelivered batch a no-op.
 
-use sqlx::PgPool;
+use std::collections::HashMap;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+
+use super::customers::Applied;
+
+/// The first key of the advisory locks that claim a batch (two-key locks live apart from the
+/// one-key ones of the relay).
+const CLAIM_CLASS: i32 = 0x4241_5443;
+
+/// A batch claimed by this delivery: a session-level advisory lock on `(tenant, batch_id)`, held on a
+/// connection of its own for as long as the batch is worked on. Another delivery of the same batch
+/// (a producer's retry, a redelivery, a copy prefetched by another process) waits for it, then finds
+/// the batch completed. If this process dies, its connection closes and the claim with it.
+pub struct Claim {
+    connection: Option<PoolConnection<Postgres>>,
+}
+
+/// Claims the batch if no other delivery holds it.
+pub async fn try_claim(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<Option<Claim>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    let claimed: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2 || chr(31) || $3))")
+            .bind(CLAIM_CLASS)
+            .bind(tenant)
+            .bind(batch_id)
+            .fetch_one(&mut *connection)
+            .await?;
+    Ok(claimed.then_some(Claim {
+        connection: Some(connection),
+    }))
+}
+
+impl Claim {
+    /// Lets the next delivery of the batch in. The connection goes back to the pool once its lock is
+    /// released; if releasing fails, the connection is closed, which releases it too.
+    pub async fn release(mut self, tenant: &str, batch_id: &str) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        let released: Result<bool, sqlx::Error> =
+            sqlx::query_scalar("SELECT pg_advisory_unlock($1, hashtext($2 || chr(31) || $3))")
+                .bind(CLAIM_CLASS)
+                .bind(tenant)
+                .bind(batch_id)
+                .fetch_one(&mut *connection)
+                .await;
+        if !matches!(released, Ok(true)) {
+            tracing::warn!("releasing a batch claim failed; closing its connection instead");
+            drop(connection.detach());
+        }
+    }
+}
+
+impl Drop for Claim {
+    /// A claim dropped without [`Claim::release`] (a panic, a cancelled task) closes its connection:
+    /// the session ends and its lock with it, instead of going back to the pool still held.
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            drop(connection.detach());
+        }
+    }
+}
+
+/// What the chunks of an unfinished batch recorded, by key, and the next free chunk index. Results
+/// are found by key, never by position: a redelivery whose records fall into other chunks (a
+/// reference now valid, a changed `pipeline.chunk_size`) still finds what was applied.
+pub async fn recorded_results(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<(HashMap<String, Applied>, i32), sqlx::Error> {
+    let chunks: Vec<(i32, sqlx::types::Json<Vec<Applied>>)> = sqlx::query_as(
+        "SELECT chunk_index, results FROM batch_chunks WHERE tenant = $1 AND batch_id = $2",
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .fetch_all(pool)
+    .await?;
+    let next = chunks.iter().map(|(index, _)| index + 1).max().unwrap_or(0);
+    let recorded = chunks
+        .into_iter()
+        .flat_map(|(_, results)| results.0)
+        .map(|applied| (applied.key.clone(), applied))
+        .collect();
+    Ok((recorded, next))
+}
 
 /// The reply stored for a batch that already completed, if any.
 pub async fn completed_reply(
@@ -16,9 +108,9 @@ pub async fn completed_reply(
 }
 
 /// Records the batch as completed with `reply`, and drops its per-chunk results. Returns `None` when
-/// `reply` was stored; if the batch was completed already (by a concurrent delivery of the same
-/// message), the reply stored then wins and is returned, so every reply of one batch carries the
-/// same body.
+/// `reply` was stored; if the batch was completed already, the reply stored then wins and is
+/// returned, so every reply of one batch carries the same body. (Under a [`Claim`] that cannot
+/// happen; it stays true without one.)
 pub async fn complete(
     pool: &PgPool,
     tenant: &str,

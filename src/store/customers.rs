@@ -32,9 +32,8 @@ pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync)
 /// statement; writes one outbox row holding the events of every insert and real update; records
 /// the chunk's results for `(tenant, batch_id, chunk_index)`; and commits.
 ///
-/// A chunk whose results are already recorded (a redelivered batch, or the same batch being worked on
-/// by two processes at once) is not applied again: its recorded results are returned. The advisory
-/// lock makes the second worker wait for the first one's commit instead of racing it.
+/// The caller holds the batch's [`Claim`](super::batches::Claim) and passes only rows whose results
+/// are not recorded yet, under a chunk index not used before.
 ///
 /// `rows` must hold each key once; they are applied in key order so that two chunks touching the same
 /// customers lock them in the same order.
@@ -47,23 +46,6 @@ pub async fn apply_chunk(
     merge: Option<Merge<'_>>,
 ) -> Result<Vec<Applied>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let recorded: Option<sqlx::types::Json<Vec<Applied>>> = sqlx::query_scalar(
-        "WITH chunk_lock AS (
-             SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2 || chr(31) || $3, 0))
-         )
-         SELECT results FROM chunk_lock, batch_chunks
-         WHERE tenant = $1 AND batch_id = $2 AND chunk_index = $3::integer",
-    )
-    .bind(tenant)
-    .bind(batch_id)
-    .bind(chunk_index.to_string())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(recorded) = recorded {
-        tx.commit().await?;
-        return Ok(recorded.0);
-    }
-
     let mut order: Vec<&ChunkRow> = rows.iter().collect();
     order.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let keys: Vec<&str> = order.iter().map(|row| row.key.as_str()).collect();

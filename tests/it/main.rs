@@ -13,4 +13,5 @@ mod helpers;
 mod ingest;
 mod match_by_contact;
 mod pipeline;
+mod trust;
 mod upsert_by_id;
