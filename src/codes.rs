@@ -55,8 +55,6 @@ codes! {
         InvalidBody => "invalid_body",
         /// The body holds more records than `pipeline.max_records`.
         TooManyRecords => "too_many_records",
-        /// The stored reply of a completed batch could not be read.
-        StoredReplyUnreadable => "stored_reply_unreadable",
         /// Processing failed on every allowed delivery. The reason is in the service's log, under
         /// the error id the message names.
         ProcessingFailed => "processing_failed",

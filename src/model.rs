@@ -212,13 +212,32 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// A field's error. Control characters in the field's name or the message (which may quote what
+    /// the producer sent) are written out as escapes: the error is stored as JSON in Postgres, which
+    /// refuses a NUL, and goes back to the producer as text.
     pub fn new(field: impl Into<String>, code: FieldCode, message: impl Into<String>) -> Self {
         Self {
-            field: field.into(),
+            field: escape_controls(field.into()),
             code,
-            message: message.into(),
+            message: escape_controls(message.into()),
         }
     }
+}
+
+/// `text` with every control character written as a `\u{..}` escape.
+fn escape_controls(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

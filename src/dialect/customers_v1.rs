@@ -130,6 +130,14 @@ fn check_strings(check: &mut Checker, path: &str, value: &Value) {
         }
         Value::Object(fields) => {
             for (name, item) in fields {
+                if name.chars().any(char::is_control) {
+                    check.errors.push(FieldError::new(
+                        path,
+                        FieldCode::InvalidCharacter,
+                        "a field name contains a control character",
+                    ));
+                    continue;
+                }
                 let path = if path.is_empty() {
                     name.clone()
                 } else {

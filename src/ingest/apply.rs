@@ -52,6 +52,15 @@ pub(super) fn prepare(
             && !recorded.contains_key(key)
         {
             match serde_json::to_string(customer) {
+                // Every dialect refuses control characters in what it reads; a field name or
+                // text it passed through unchecked fails its record here, not the batch in Postgres.
+                Ok(data) if holds_control_character(&data) => {
+                    errors = Some(vec![FieldError::new(
+                        "",
+                        FieldCode::InvalidCharacter,
+                        "a field name or text of this record contains a control character",
+                    )]);
+                }
                 Ok(data) => rows.push(customers::ChunkRow {
                     key: key.clone(),
                     data,
@@ -73,6 +82,31 @@ pub(super) fn prepare(
         });
     }
     (rows, outline)
+}
+
+/// Whether serialized JSON holds a control character in a string or a field name: JSON writes them
+/// as escapes (`\n`, `\u0000`, ...), never raw.
+fn holds_control_character(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'\\') {
+        let escape = at + offset + 1;
+        match bytes.get(escape) {
+            Some(b'b' | b'f' | b'n' | b'r' | b't') => return true,
+            Some(b'u') => {
+                let hex = bytes.get(escape + 1..escape + 5).unwrap_or_default();
+                if let Ok(code) = u32::from_str_radix(std::str::from_utf8(hex).unwrap_or(""), 16)
+                    && char::from_u32(code).is_some_and(char::is_control)
+                {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        // Skips the escaped character too, so `\\n` (a backslash, then `n`) is text.
+        at = escape + 1;
+    }
+    false
 }
 
 /// Applies the rows chunk by chunk and returns one result per input record: what this delivery
@@ -136,11 +170,14 @@ pub(super) async fn apply(
             // cannot help, and the other chunks are unaffected, so this chunk's records fail.
             Err(error) => {
                 let code = store::sqlstate(&error).unwrap_or_default();
-                tracing::error!(chunk = chunk_index, sqlstate = %code, "the database refused a chunk");
+                let error_id = uuid::Uuid::now_v7();
+                tracing::error!(%error_id, chunk = chunk_index, sqlstate = %code, error = %error, "the database refused a chunk");
                 let failure = FieldError::new(
                     "",
                     FieldCode::StorageError,
-                    format!("the database refused this record's chunk (SQLSTATE {code})"),
+                    format!(
+                        "the database refused this record's chunk; error id {error_id} is in the service's log"
+                    ),
                 );
                 for row in chunk {
                     refused.insert(row.key.clone(), failure.clone());
@@ -192,5 +229,21 @@ fn applied_result(index: usize, key: String, applied: &customers::Applied) -> Re
         version: Some(applied.version),
         errors: vec![],
         key: Some(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_control_character;
+
+    #[test]
+    fn control_characters_are_found_in_serialized_text_and_field_names() {
+        let with = |value: serde_json::Value| holds_control_character(&value.to_string());
+        assert!(with(serde_json::json!({"a\u{0}": 1})));
+        assert!(with(serde_json::json!({"a": "line\nbreak"})));
+        assert!(!with(
+            serde_json::json!({"a": "back\\nslash", "b": "é \"quoted\""})
+        ));
+        assert!(!with(serde_json::json!({"a": "\u{2028}"})));
     }
 }

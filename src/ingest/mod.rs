@@ -141,11 +141,13 @@ impl Ingest {
             .await?;
         if let Some(stored) = stored {
             tracing::info!("batch already completed; sending its reply again");
+            // A reply this version cannot read is our fault, not the producer's: the message is
+            // retried, and dead-lettered with an error id at its delivery limit, never rejected.
             return serde_json::from_value(stored).map_err(|error| {
-                BatchError::Rejected(dialect::Rejection::new(
-                    RejectionCode::StoredReplyUnreadable,
-                    format!("the stored reply of this batch cannot be read: {error}"),
-                ))
+                BatchError::Failed(
+                    anyhow::Error::new(error)
+                        .context("the stored reply of this batch cannot be read"),
+                )
             });
         }
 

@@ -187,3 +187,82 @@ async fn a_panic_while_processing_a_message_dead_letters_it_and_the_next_message
     fail::remove("batch-panic");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_control_character_in_a_field_name_fails_only_its_record_and_never_reaches_the_reply_as_database_text()
+ {
+    let mut app = TestApp::spawn().await;
+    // A NUL in a field name, in an unknown field and inside a free-keyed map, in two dialects.
+    let native = serde_json::to_vec(&json!({"customers": [
+        {"externalId": "N-1", "firstName": "Anna"},
+        {"externalId": "N-2", "first\u{0}Name": "Bea"},
+        {"externalId": "N-3", "extra": {"note\u{0}": "x"}},
+        {"externalId": "N-4", "lastName": "Lee"},
+    ]}))
+    .unwrap();
+    app.publish(Message {
+        dialect: Some("customers.v1"),
+        ..Message::upsert(&native, "acme", "nul-native")
+    })
+    .await;
+    let bulk = serde_json::to_vec(&json!([
+        {"customerID": "B-1", "customerName": "One"},
+        {"customerID": "B-2", "customerName": "Two", "odd\u{0}": 1},
+    ]))
+    .unwrap();
+    app.publish(Message::upsert(&bulk, "acme", "nul-bulk"))
+        .await;
+
+    let mut replies: HashMap<String, Value> = HashMap::new();
+    for _ in 0..2 {
+        let (reply, _) = app.next_reply().await;
+        replies.insert(reply["batch_id"].as_str().unwrap().to_owned(), reply);
+    }
+    for (id, failed) in [("nul-native", vec![1, 2]), ("nul-bulk", vec![1])] {
+        let reply = &replies[id];
+        assert_eq!(reply["status"], "partial", "{reply}");
+        let records = reply["records"].as_array().unwrap();
+        for (index, record) in records.iter().enumerate() {
+            if failed.contains(&index) {
+                assert_eq!(record["action"], "failed", "{id} {index}: {record}");
+            } else {
+                assert_ne!(record["action"], "failed", "{id} {index}: {record}");
+            }
+        }
+        let text = reply.to_string();
+        assert!(!text.contains("\\u0000"), "{text}");
+        assert!(!text.contains("SQLSTATE"), "{text}");
+    }
+    assert_eq!(app.customer_count("acme").await, 3);
+    assert_eq!(
+        app.queue_depth(&app.settings.amqp.dead_letter_queue).await,
+        0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_reply_this_version_cannot_read_is_retried_and_dead_lettered_as_our_fault_not_rejected()
+ {
+    let mut app = TestApp::spawn_with(|s| s.amqp.delivery_limit = 2).await;
+    sqlx::query(
+        "INSERT INTO processed_batches (tenant, batch_id, dialect, status, reply)
+         VALUES ('acme', 'old-format', 'upsert-by-customer-id', 'completed', '{\"unknown\": 1}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.publish(Message::upsert(&body_of(2, "Old"), "acme", "old-format"))
+        .await;
+    let (reply, _) = app.next_reply().await;
+    assert_eq!(reply["status"], "rejected");
+    assert_eq!(reply["error"]["code"], "processing_failed", "{reply}");
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    use customer_ingest::amqp::headers::header_i64;
+    assert_eq!(
+        header_i64(dead[0].properties.headers(), "error-attempts"),
+        Some(2)
+    );
+    app.stop().await;
+}
