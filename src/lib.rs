@@ -6,7 +6,9 @@
 //!    messages in hand) and hands it to [`pipeline`].
 //! 2. [`pipeline`] reads the envelope (batch id, tenant, dialect), sends the stored reply again if the
 //!    batch already completed, and otherwise lets the [`dialect`] parse the body into the common
-//!    [`model::Customer`], one result per record.
+//!    [`model::Customer`], one result per record. Records that carry no key of their own are given
+//!    one by [`matching`], the contact-matching engine, which [`store::contacts`] runs against the
+//!    stored customers.
 //! 3. Valid records are split into chunks; [`store::customers`] applies each chunk in one
 //!    transaction: a set-based upsert, an outbox row per real change, and the chunk's results.
 //!    Transient database errors are retried with backoff while the message stays unacknowledged.
@@ -25,6 +27,7 @@ pub mod dialect;
 pub mod failpoints;
 pub mod health;
 pub mod http;
+pub mod matching;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

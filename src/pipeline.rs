@@ -309,9 +309,16 @@ impl Pipeline {
         }
         if dialect.matches_by_contact() {
             // Each record is given the key of the customer its contact details find, or a new one.
+            let rules = dialect.matching_rules(text).unwrap_or_default();
             let resolved = self
                 .with_db_retries(|| {
-                    store::contacts::resolve(&self.pool, tenant, &envelope.batch_id, text, &parsed)
+                    store::contacts::resolve(
+                        &self.pool,
+                        tenant,
+                        &envelope.batch_id,
+                        &rules,
+                        &parsed,
+                    )
                 })
                 .await?;
             parsed = resolved;

@@ -41,20 +41,22 @@
 //!   record that updates a customer is never refused by them.
 //!
 //! Matching needs the stored customers, so it runs in [`crate::store::contacts`], before the records
-//! are applied, driven by the [`Resolver`] here; this module never touches SQL.
+//! are applied, by the engine in [`crate::matching`]. This module reads the records (writing their
+//! normalized contact values where the engine reads them, [`crate::matching::extra`]) and the body's
+//! Require\* rules ([`Dialect::matching_rules`]); it never touches SQL.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
 use super::{Dialect, Limits, Rejection, check_record_count, invalid_body};
+use crate::matching::{self, Rules};
 use crate::model::{Action, Address, Customer, FieldError, ParsedRecord, RecordResult};
 
 pub struct MatchByContact;
@@ -68,25 +70,23 @@ const MAX_IMAGE_CHARS: usize = 2048;
 /// Longest postal code.
 const MAX_ZIP_CHARS: usize = 20;
 
-/// Names of the fields this dialect keeps in [`Customer::extra`]. The `match*` ones hold the
-/// normalized contact values that customers are found by; migration
-/// `20261123000002_contact_matching.sql` indexes them, and [`crate::store::contacts`] reads them by
-/// these names.
+/// Names of the fields this dialect keeps in [`Customer::extra`]: the ones the matching engine
+/// reads (the location, the note type and the normalized `match*` contact values, named by
+/// [`crate::matching::extra`]) and the API's fields the common model has no place for.
 pub mod extra {
-    pub const LOCATION_ID: &str = "locationId";
+    pub use crate::matching::extra::{
+        LOCATION_ID, MATCH_CELL_PHONE, MATCH_CUSTOMER_CODE, MATCH_EMAIL, NOTE_TYPE,
+    };
+
     pub const CUSTOMER_ID: &str = "customerId";
     pub const CUSTOMER_CODE: &str = "customerCode";
     pub const WORK_PHONE: &str = "workPhone";
-    pub const NOTE_TYPE: &str = "noteType";
     pub const NOTES: &str = "notes";
     pub const BALANCE: &str = "balance";
     pub const REWARD_POINTS: &str = "rewardPoints";
     pub const IMAGE: &str = "image";
     pub const NOP_EXTERNAL_ID: &str = "nopExternalId";
     pub const LEAD_SOURCE_ID: &str = "leadSourceId";
-    pub const MATCH_EMAIL: &str = "matchEmail";
-    pub const MATCH_CUSTOMER_CODE: &str = "matchCustomerCode";
-    pub const MATCH_CELL_PHONE: &str = "matchCellPhone";
 }
 
 /// The API's `Gender` enum. Its integer values are what producers send; the names are accepted too,
@@ -176,27 +176,6 @@ impl NoteType {
         NoteType::ALL
             .into_iter()
             .find(|t| t.name().eq_ignore_ascii_case(text.trim()))
-    }
-}
-
-/// The body's options, which hold for every record of the batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rules {
-    pub require_country: bool,
-    pub require_state: bool,
-    pub require_dob: bool,
-    pub require_note: bool,
-    pub require_gender: bool,
-    pub ignore_shared_customers: bool,
-}
-
-impl Rules {
-    /// The options of a body that [`MatchByContact::parse`] has already read (so it does parse);
-    /// the records are skipped over, not decoded.
-    pub fn read(body: &str) -> Rules {
-        serde_json::from_str::<Body>(body)
-            .map(|body| body.rules())
-            .unwrap_or_default()
     }
 }
 
@@ -334,11 +313,19 @@ impl Dialect for MatchByContact {
     }
 
     fn merge(&self, stored: Customer, incoming: Customer) -> Customer {
-        merge(stored, incoming)
+        matching::merge(stored, incoming)
     }
 
     fn matches_by_contact(&self) -> bool {
         true
+    }
+
+    /// The body's options. `None` for a body [`MatchByContact::parse`] rejects; the records are
+    /// skipped over, not decoded.
+    fn matching_rules(&self, body: &str) -> Option<Rules> {
+        serde_json::from_str::<Body>(body)
+            .ok()
+            .map(|body| body.rules())
     }
 }
 
@@ -611,406 +598,10 @@ fn resolve_dob(text: &str) -> Option<NaiveDate> {
     (date != unset && date <= Utc::now().date_naive()).then_some(date)
 }
 
-/// `incoming`'s fields over `stored`'s: what a record leaves out keeps its stored value. The
-/// location is the stored one, whatever the record says: an update never moves a customer.
-pub fn merge(stored: Customer, incoming: Customer) -> Customer {
-    let mut merged = stored;
-    let location = merged.extra.get(extra::LOCATION_ID).cloned();
-    merged.first_name = incoming.first_name.or(merged.first_name);
-    merged.last_name = incoming.last_name.or(merged.last_name);
-    merged.email = incoming.email.or(merged.email);
-    merged.phone = incoming.phone.or(merged.phone);
-    merged.date_of_birth = incoming.date_of_birth.or(merged.date_of_birth);
-    merged.gender = incoming.gender.or(merged.gender);
-    merged.address = match (merged.address.take(), incoming.address) {
-        (Some(stored), Some(incoming)) => Some(Address {
-            street1: incoming.street1.or(stored.street1),
-            street2: incoming.street2.or(stored.street2),
-            city: incoming.city.or(stored.city),
-            state: incoming.state.or(stored.state),
-            postal_code: incoming.postal_code.or(stored.postal_code),
-            country: incoming.country.or(stored.country),
-        }),
-        (stored, incoming) => incoming.or(stored),
-    };
-    merged.extra.extend(incoming.extra);
-    set_location(&mut merged, location.as_deref());
-    merged
-}
-
-fn set_location(customer: &mut Customer, location: Option<&str>) {
-    match location {
-        Some(location) => customer
-            .extra
-            .insert(extra::LOCATION_ID.to_owned(), location.to_owned()),
-        None => customer.extra.remove(extra::LOCATION_ID),
-    };
-}
-
-/// A contact a record is matched by, in the order they are tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Contact {
-    Email = 0,
-    CustomerCode = 1,
-    CellPhone = 2,
-}
-
-impl Contact {
-    pub const ALL: [Contact; 3] = [Contact::Email, Contact::CustomerCode, Contact::CellPhone];
-
-    /// The API's field name.
-    pub fn field(self) -> &'static str {
-        match self {
-            Contact::Email => "Email",
-            Contact::CustomerCode => "CustomerCode",
-            Contact::CellPhone => "CellPhone",
-        }
-    }
-
-    fn extra_key(self) -> &'static str {
-        match self {
-            Contact::Email => extra::MATCH_EMAIL,
-            Contact::CustomerCode => extra::MATCH_CUSTOMER_CODE,
-            Contact::CellPhone => extra::MATCH_CELL_PHONE,
-        }
-    }
-}
-
-/// Where a customer lives and the normalized contact values it is found by.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Contacts {
-    /// `None`: shared by all the tenant's locations.
-    pub location: Option<String>,
-    /// By [`Contact`].
-    pub values: [Option<String>; 3],
-}
-
-impl Contacts {
-    pub fn of(customer: &Customer) -> Contacts {
-        Contacts {
-            location: customer.extra.get(extra::LOCATION_ID).cloned(),
-            values: Contact::ALL.map(|contact| customer.extra.get(contact.extra_key()).cloned()),
-        }
-    }
-
-    pub fn get(&self, contact: Contact) -> Option<&str> {
-        self.values[contact as usize].as_deref()
-    }
-}
-
-/// A customer that shares a contact value with records being resolved: stored, or about to be
-/// written by another batch that resolved it first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// `None` while the customer is not stored yet.
-    pub id: Option<Uuid>,
-    pub key: String,
-    pub contacts: Contacts,
-}
-
-/// What becomes of one record.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// A new customer under a new key, in `location`.
-    Add {
-        key: String,
-        location: Option<String>,
-    },
-    /// The customer with this key, which lives in `location`.
-    Update {
-        key: String,
-        location: Option<String>,
-    },
-    /// The record fails.
-    Refused(Vec<FieldError>),
-}
-
-/// The key of the customer that record `index` of a batch adds. Derived from the batch, so that a
-/// batch resolved again after a crash adds under the same keys.
-pub fn new_key(tenant: &str, batch_id: &str, index: usize) -> String {
-    let digest = Sha256::new()
-        .chain_update(tenant)
-        .chain_update([0x1f])
-        .chain_update(batch_id)
-        .chain_update([0x1f])
-        .chain_update(index.to_le_bytes())
-        .finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    format!(
-        "contact:{}",
-        uuid::Builder::from_custom_bytes(bytes).into_uuid()
-    )
-}
-
-/// A customer this batch has added or updated so far.
-#[derive(Debug)]
-struct Touched {
-    id: Option<Uuid>,
-    location: Option<String>,
-    /// The contact values this batch gave it; where `None`, the stored value still holds.
-    values: [Option<String>; 3],
-    /// Everything this batch wrote to it, merged in record order.
-    doc: Customer,
-}
-
-/// Decides, record by record and in order, which customer each record of a batch adds or updates.
-///
-/// It sees the candidates the store found for the records at hand ([`Resolver::set_candidates`])
-/// and what the batch's earlier records did: a customer added earlier in the batch is found by the
-/// later records, and a contact value changed earlier in the batch no longer finds the customer that
-/// had it. The store calls it under locks on the contact values, so what it decides holds until the
-/// decisions are recorded.
-#[derive(Debug)]
-pub struct Resolver {
-    rules: Rules,
-    candidates: Vec<Candidate>,
-    /// Per [`Contact`]: value → positions in `candidates`.
-    candidates_by_value: [HashMap<String, Vec<usize>>; 3],
-    touched: HashMap<String, Touched>,
-    /// Per [`Contact`]: value → keys this batch gave that value.
-    touched_by_value: [HashMap<String, BTreeSet<String>>; 3],
-}
-
-impl Resolver {
-    pub fn new(rules: Rules) -> Self {
-        Resolver {
-            rules,
-            candidates: Vec::new(),
-            candidates_by_value: Default::default(),
-            touched: HashMap::new(),
-            touched_by_value: Default::default(),
-        }
-    }
-
-    /// The candidates for the next records (replacing the previous ones, read under locks that
-    /// have since been released).
-    pub fn set_candidates(&mut self, candidates: Vec<Candidate>) {
-        let mut by_value: [HashMap<String, Vec<usize>>; 3] = Default::default();
-        for (i, candidate) in candidates.iter().enumerate() {
-            for contact in Contact::ALL {
-                if let Some(value) = candidate.contacts.get(contact) {
-                    by_value[contact as usize]
-                        .entry(value.to_owned())
-                        .or_default()
-                        .push(i);
-                }
-            }
-        }
-        self.candidates = candidates;
-        self.candidates_by_value = by_value;
-    }
-
-    /// What `customer` (a record as parsed) does: update the one customer found by its first
-    /// contact that finds any, or else add one under `new_key` if the Require* rules allow it.
-    pub fn decide(&self, customer: &Customer, new_key: impl FnOnce() -> String) -> Decision {
-        let contacts = Contacts::of(customer);
-        for contact in Contact::ALL {
-            let Some(value) = contacts.get(contact) else {
-                continue;
-            };
-            let found = self.find(contact, value, contacts.location.as_deref());
-            let mut found = found.into_iter();
-            match (found.next(), found.next()) {
-                (None, _) => continue,
-                (Some((key, (_, location))), None) => {
-                    return Decision::Update {
-                        key: key.to_owned(),
-                        location: location.map(str::to_owned),
-                    };
-                }
-                (Some(first), Some(second)) => {
-                    let all: Vec<_> = [first, second].into_iter().chain(found).collect();
-                    let names: Vec<String> = all
-                        .iter()
-                        .map(|(key, (id, _))| {
-                            id.map_or_else(|| key.to_string(), |id| id.to_string())
-                        })
-                        .collect();
-                    return Decision::Refused(vec![FieldError::new(
-                        contact.field(),
-                        "ambiguous_match",
-                        format!(
-                            "{} matches {} customers ({}); the record is not applied to one of them by guess",
-                            contact.field(),
-                            names.len(),
-                            names.join(", ")
-                        ),
-                    )]);
-                }
-            }
-        }
-        let missing = self.missing_for_add(customer);
-        if missing.is_empty() {
-            Decision::Add {
-                key: new_key(),
-                location: contacts.location,
-            }
-        } else {
-            Decision::Refused(missing)
-        }
-    }
-
-    /// Applies a decision (just made, or recorded by an earlier delivery of the batch): returns the
-    /// record's key and the customer document to write, and remembers what the batch did.
-    pub fn settle(
-        &mut self,
-        customer: &Customer,
-        decision: &Decision,
-    ) -> Result<(String, Customer), Vec<FieldError>> {
-        let (key, location, adds) = match decision {
-            Decision::Refused(errors) => return Err(errors.clone()),
-            Decision::Add { key, location } => (key, location, true),
-            Decision::Update { key, location } => (key, location, false),
-        };
-        let mut doc = customer.clone();
-        set_location(&mut doc, location.as_deref());
-        if adds && doc.gender.is_none() {
-            doc.gender = Some(Gender::Unknown.code().to_owned());
-        }
-        let contacts = Contacts::of(&doc);
-        let stored_id = self
-            .candidates
-            .iter()
-            .find(|c| &c.key == key)
-            .and_then(|c| c.id);
-        let (doc, mut values, id) = match self.touched.remove(key) {
-            // The pipeline writes only a key's last record; it carries what the earlier ones wrote.
-            Some(earlier) => (merge(earlier.doc, doc), earlier.values, earlier.id),
-            None => (doc, Default::default(), stored_id),
-        };
-        for contact in Contact::ALL {
-            let Some(value) = contacts.get(contact) else {
-                continue;
-            };
-            let slot = &mut values[contact as usize];
-            if slot.as_deref() == Some(value) {
-                continue;
-            }
-            let index = &mut self.touched_by_value[contact as usize];
-            if let Some(old) = slot.take()
-                && let Some(keys) = index.get_mut(&old)
-            {
-                keys.remove(key);
-            }
-            index
-                .entry(value.to_owned())
-                .or_default()
-                .insert(key.clone());
-            *slot = Some(value.to_owned());
-        }
-        self.touched.insert(
-            key.clone(),
-            Touched {
-                id,
-                location: location.clone(),
-                values,
-                doc: doc.clone(),
-            },
-        );
-        Ok((key.clone(), doc))
-    }
-
-    /// The customers a contact value finds for a record in `location`: key → (id, location).
-    fn find(
-        &self,
-        contact: Contact,
-        value: &str,
-        location: Option<&str>,
-    ) -> BTreeMap<&str, (Option<Uuid>, Option<&str>)> {
-        let mut found: BTreeMap<&str, (Option<Uuid>, Option<&str>)> = BTreeMap::new();
-        let positions = self.candidates_by_value[contact as usize].get(value);
-        for candidate in positions
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.candidates[i])
-        {
-            let (id, home) = match self.touched.get(&candidate.key) {
-                // This batch gave it another value for this contact: the stored one is gone.
-                Some(touched) if touched.values[contact as usize].is_some() => continue,
-                Some(touched) => (touched.id.or(candidate.id), touched.location.as_deref()),
-                None => (candidate.id, candidate.contacts.location.as_deref()),
-            };
-            if self.in_scope(home, location) {
-                let entry = found.entry(candidate.key.as_str()).or_insert((id, home));
-                entry.0 = entry.0.or(id);
-            }
-        }
-        let keys = self.touched_by_value[contact as usize].get(value);
-        for key in keys.into_iter().flatten() {
-            let touched = &self.touched[key];
-            let home = touched.location.as_deref();
-            if self.in_scope(home, location) {
-                found.insert(key.as_str(), (touched.id, home));
-            }
-        }
-        found
-    }
-
-    /// Whether a customer living in `home` can be matched by a record in `location`.
-    fn in_scope(&self, home: Option<&str>, location: Option<&str>) -> bool {
-        match (location, home) {
-            (Some(location), Some(home)) => location == home,
-            (Some(_), None) => !self.rules.ignore_shared_customers,
-            (None, home) => home.is_none(),
-        }
-    }
-
-    /// Why the Require* rules refuse to add this record, one error per missing field.
-    fn missing_for_add(&self, customer: &Customer) -> Vec<FieldError> {
-        let address = customer.address.as_ref();
-        let checks = [
-            (
-                self.rules.require_country,
-                address.and_then(|a| a.country.as_ref()).is_some(),
-                "Country",
-                "is missing or is not a known country",
-            ),
-            (
-                self.rules.require_state,
-                address.and_then(|a| a.state.as_ref()).is_some(),
-                "State",
-                "is missing or is not a known state of the customer's country",
-            ),
-            (
-                self.rules.require_dob,
-                customer.date_of_birth.is_some(),
-                "Dob",
-                "is missing or is not a date of birth (yyyy-mm-dd)",
-            ),
-            (
-                self.rules.require_note,
-                customer.extra.contains_key(extra::NOTE_TYPE),
-                "NoteType",
-                "is missing or is not a known note type (General, Medical, Billing, Marketing)",
-            ),
-            (
-                self.rules.require_gender,
-                customer.gender.is_some(),
-                "Gender",
-                "is missing or is not a known gender (0 Unknown, 1 Male, 2 Female)",
-            ),
-        ];
-        checks
-            .into_iter()
-            .filter(|(required, present, _, _)| *required && !*present)
-            .map(|(_, _, field, why)| {
-                FieldError::new(
-                    field,
-                    "required_for_add",
-                    format!(
-                        "{field} {why}, and Require{} refuses to add a customer without it",
-                        if field == "NoteType" { "Note" } else { field }
-                    ),
-                )
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matching::{Candidate, Contacts, Decision, Resolver};
 
     fn parse(body: &str) -> Vec<ParsedRecord> {
         MatchByContact
@@ -1065,10 +656,14 @@ mod tests {
     #[test]
     fn the_body_options_are_read_and_default_to_false() {
         let body = r#"{"RequireCountry": true, "IgnoreSharedCustomers": true, "Customers": []}"#;
-        let rules = Rules::read(body);
+        let rules = MatchByContact.matching_rules(body).expect("the body reads");
         assert!(rules.require_country && rules.ignore_shared_customers);
         assert!(!rules.require_state && !rules.require_dob && !rules.require_gender);
-        assert_eq!(Rules::read(r#"{"Customers": []}"#), Rules::default());
+        assert_eq!(
+            MatchByContact.matching_rules(r#"{"Customers": []}"#),
+            Some(Rules::default())
+        );
+        assert_eq!(MatchByContact.matching_rules("not json"), None);
     }
 
     #[test]
@@ -1247,265 +842,39 @@ mod tests {
         assert_eq!(note("Gossip"), None);
     }
 
-    fn stored(id: u128, key: &str, location: Option<&str>, values: [Option<&str>; 3]) -> Candidate {
-        Candidate {
-            id: Some(Uuid::from_u128(id)),
+    #[test]
+    fn records_are_matched_by_their_normalized_contacts() {
+        let stored = |key: &str, values: [Option<&str>; 3]| Candidate {
+            id: None,
             key: key.to_owned(),
             contacts: Contacts {
-                location: location.map(str::to_owned),
+                location: None,
                 values: values.map(|v| v.map(str::to_owned)),
             },
-        }
-    }
-
-    fn resolver(rules: Rules, candidates: Vec<Candidate>) -> Resolver {
-        let mut resolver = Resolver::new(rules);
-        resolver.set_candidates(candidates);
-        resolver
-    }
-
-    fn key_of(decision: &Decision) -> &str {
-        match decision {
+        };
+        let mut resolver = Resolver::new(Rules::default());
+        resolver.set_candidates(vec![
+            stored("by-email", [Some("a@example.com"), None, None]),
+            stored("by-code", [None, Some("c-1"), None]),
+            stored("by-phone", [None, None, Some("+15550100000")]),
+        ]);
+        let decide = |record: Value| match resolver.decide(&one(record), || "new".into()) {
             Decision::Add { key, .. } | Decision::Update { key, .. } => key,
             Decision::Refused(errors) => panic!("refused: {errors:?}"),
-        }
-    }
-
-    #[test]
-    fn email_is_tried_before_customer_code_and_cell_phone() {
-        let resolver = resolver(
-            Rules::default(),
-            vec![
-                stored(1, "by-email", None, [Some("a@example.com"), None, None]),
-                stored(2, "by-code", None, [None, Some("c-1"), None]),
-                stored(3, "by-phone", None, [None, None, Some("+15550100000")]),
-            ],
-        );
-        let decide = |record: Value| resolver.decide(&one(record), || "new".into());
-        let all =
-            json!({"Email": "A@example.com", "CustomerCode": "C-1", "CellPhone": "15550100000"});
-        assert_eq!(key_of(&decide(all)), "by-email");
-        let code =
-            json!({"Email": "z@example.com", "CustomerCode": "c-1", "CellPhone": "15550100000"});
-        assert_eq!(key_of(&decide(code)), "by-code");
+        };
+        let both = json!({"Email": " A@Example.com ", "CustomerCode": "C-1"});
+        assert_eq!(decide(both), "by-email");
+        let code = json!({"Email": "z@example.com", "CustomerCode": " c-1 "});
+        assert_eq!(decide(code), "by-code");
         assert_eq!(
-            key_of(&decide(json!({"CellPhone": "+1 555 010 0000"}))),
+            decide(json!({"CellPhone": "+1 (555) 010-0000"})),
             "by-phone"
         );
-        assert_eq!(
-            decide(json!({"Email": "new@example.com"})),
-            Decision::Add {
-                key: "new".into(),
-                location: None
-            }
-        );
-    }
-
-    #[test]
-    fn two_customers_with_the_contact_are_ambiguous_and_named() {
-        let resolver = resolver(
-            Rules::default(),
-            vec![
-                stored(1, "a", None, [Some("a@example.com"), None, None]),
-                stored(2, "b", None, [Some("a@example.com"), None, None]),
-            ],
-        );
-        let Decision::Refused(errors) =
-            resolver.decide(&one(json!({"Email": "a@example.com"})), || "new".into())
-        else {
-            panic!("not refused");
-        };
-        assert_eq!(errors[0].code, "ambiguous_match");
-        assert_eq!(errors[0].field, "Email");
-        assert!(errors[0].message.contains(&Uuid::from_u128(1).to_string()));
-        assert!(errors[0].message.contains(&Uuid::from_u128(2).to_string()));
-    }
-
-    #[test]
-    fn require_flags_refuse_an_add_but_not_an_update() {
-        let rules = Rules {
-            require_country: true,
-            require_state: true,
-            require_dob: true,
-            require_note: true,
-            require_gender: true,
-            ignore_shared_customers: false,
-        };
-        let resolver = resolver(
-            rules,
-            vec![stored(
-                1,
-                "known",
-                None,
-                [Some("known@example.com"), None, None],
-            )],
-        );
-        let bare =
-            |email: &str| one(json!({"Email": email, "Gender": "robot", "Country": "Narnia"}));
-        let Decision::Refused(errors) = resolver.decide(&bare("new@example.com"), || "new".into())
-        else {
-            panic!("an add without the required fields is refused");
-        };
-        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["Country", "State", "Dob", "NoteType", "Gender"]);
-        assert!(errors.iter().all(|e| e.code == "required_for_add"));
-        assert!(errors[0].message.contains("RequireCountry"));
-        assert!(errors[3].message.contains("RequireNote"));
-        assert_eq!(
-            key_of(&resolver.decide(&bare("known@example.com"), || "new".into())),
-            "known"
-        );
-        let complete = one(
-            json!({"Email": "new@example.com", "Country": "USA", "State": "Illinois",
-            "Dob": "1990-01-01", "NoteType": "General", "Gender": 0}),
-        );
-        assert_eq!(key_of(&resolver.decide(&complete, || "new".into())), "new");
-    }
-
-    #[test]
-    fn an_added_customer_without_a_gender_is_unknown_and_an_update_keeps_the_stored_one() {
-        let mut resolver = resolver(Rules::default(), vec![]);
-        let customer = one(json!({"Email": "a@example.com", "Gender": "robot"}));
-        let add = resolver.decide(&customer, || "k".into());
-        let (_, doc) = resolver.settle(&customer, &add).unwrap();
-        assert_eq!(doc.gender.as_deref(), Some("U"));
-        let update = Decision::Update {
-            key: "stored".into(),
-            location: None,
-        };
-        let (_, doc) = resolver.settle(&customer, &update).unwrap();
-        assert_eq!(doc.gender, None, "left to the stored value by the merge");
-    }
-
-    #[test]
-    fn a_later_record_of_the_batch_updates_the_customer_an_earlier_one_added() {
-        let mut resolver = resolver(Rules::default(), vec![]);
-        let first = one(json!({"Email": "A@example.com", "FirstName": "Ada", "City": "Paris"}));
-        let second =
-            one(json!({"Email": "a@example.com ", "LastName": "Lovelace", "City": "Rome"}));
-        let decision = resolver.decide(&first, || "k1".into());
-        resolver.settle(&first, &decision).unwrap();
-        let decision = resolver.decide(&second, || "k2".into());
-        assert_eq!(
-            decision,
-            Decision::Update {
-                key: "k1".into(),
-                location: None
-            }
-        );
-        let (key, doc) = resolver.settle(&second, &decision).unwrap();
-        assert_eq!(key, "k1");
-        assert_eq!(doc.first_name.as_deref(), Some("Ada"));
-        assert_eq!(doc.last_name.as_deref(), Some("Lovelace"));
-        assert_eq!(doc.address.unwrap().city.as_deref(), Some("Rome"));
-    }
-
-    #[test]
-    fn a_contact_changed_earlier_in_the_batch_no_longer_finds_the_customer() {
-        let mut resolver = resolver(
-            Rules::default(),
-            vec![stored(
-                1,
-                "k0",
-                None,
-                [Some("old@example.com"), Some("c-1"), None],
-            )],
-        );
-        let change = one(json!({"CustomerCode": "C-1", "Email": "new@example.com"}));
-        let decision = resolver.decide(&change, || "unused".into());
-        assert_eq!(key_of(&decision), "k0");
-        resolver.settle(&change, &decision).unwrap();
-        let by_old = one(json!({"Email": "old@example.com"}));
-        assert_eq!(key_of(&resolver.decide(&by_old, || "k9".into())), "k9");
-        let by_new = one(json!({"Email": "NEW@example.com"}));
-        assert_eq!(key_of(&resolver.decide(&by_new, || "k9".into())), "k0");
-    }
-
-    #[test]
-    fn matching_stays_in_the_location_and_shared_customers_can_be_ignored() {
-        let candidates = vec![
-            stored(1, "north", Some("1"), [Some("n@example.com"), None, None]),
-            stored(2, "shared", None, [Some("s@example.com"), None, None]),
-        ];
-        let decide = |rules: Rules, record: Value| {
-            resolver(rules, candidates.clone()).decide(&one(record), || "new".into())
-        };
-        let rules = Rules::default();
-        let ignoring = Rules {
-            ignore_shared_customers: true,
-            ..rules
-        };
-        assert_eq!(
-            key_of(&decide(
-                rules,
-                json!({"LocationId": 1, "Email": "n@example.com"})
-            )),
-            "north"
-        );
-        assert_eq!(
-            key_of(&decide(
-                rules,
-                json!({"LocationId": 2, "Email": "n@example.com"})
-            )),
-            "new"
-        );
-        assert_eq!(
-            key_of(&decide(rules, json!({"Email": "n@example.com"}))),
-            "new"
-        );
-        let shared = decide(rules, json!({"LocationId": 2, "Email": "s@example.com"}));
-        assert_eq!(
-            shared,
-            Decision::Update {
-                key: "shared".into(),
-                location: None
-            },
-            "an update leaves a shared customer shared"
-        );
-        assert_eq!(
-            key_of(&decide(
-                ignoring,
-                json!({"LocationId": 2, "Email": "s@example.com"})
-            )),
-            "new"
-        );
-        assert_eq!(
-            key_of(&decide(ignoring, json!({"Email": "s@example.com"}))),
-            "shared"
-        );
-    }
-
-    #[test]
-    fn an_update_keeps_stored_fields_and_never_moves_the_customer() {
-        let stored = one(
-            json!({"LocationId": 1, "FirstName": "Ada", "Email": "a@example.com",
-            "City": "Paris", "Zip": "75001", "Notes": "old"}),
-        );
-        let incoming = one(
-            json!({"LocationId": 2, "Email": "a@example.com", "City": "Rome",
-            "Notes": "new"}),
-        );
-        let merged = merge(stored, incoming);
-        assert_eq!(merged.first_name.as_deref(), Some("Ada"));
-        let address = merged.address.as_ref().unwrap();
-        assert_eq!(address.city.as_deref(), Some("Rome"));
-        assert_eq!(address.postal_code.as_deref(), Some("75001"));
-        assert_eq!(
-            merged.extra.get(extra::NOTES).map(String::as_str),
-            Some("new")
-        );
-        assert_eq!(
-            merged.extra.get(extra::LOCATION_ID).map(String::as_str),
-            Some("1")
-        );
-    }
-
-    #[test]
-    fn new_keys_are_the_same_for_the_same_record_of_the_same_batch() {
-        assert_eq!(new_key("t", "b", 3), new_key("t", "b", 3));
-        assert_ne!(new_key("t", "b", 3), new_key("t", "b", 4));
-        assert_ne!(new_key("t", "b", 3), new_key("u", "b", 3));
-        assert!(new_key("t", "b", 3).starts_with("contact:"));
+        let local = json!({"CellPhone": "555.010.0000", "Country": "USA"});
+        assert_eq!(decide(local), "by-phone");
+        let located = json!({"LocationId": 4, "Email": "a@example.com"});
+        assert_eq!(decide(located), "by-email", "a shared customer is found");
+        assert_eq!(decide(json!({"Email": "b@example.com"})), "new");
     }
 
     fn result(

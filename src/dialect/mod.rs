@@ -101,6 +101,12 @@ pub trait Dialect: Send + Sync + 'static {
         false
     }
 
+    /// The options that hold for every record of a batch matched by contact, read from its body
+    /// (which [`Dialect::parse`] has accepted). `None` for a dialect without such options.
+    fn matching_rules(&self, _body: &str) -> Option<crate::matching::Rules> {
+        None
+    }
+
     /// Completes a valid record before it is stored, with its tenant and the customers it references
     /// by id (all found in the tenant).
     fn resolve(

@@ -1,6 +1,6 @@
-//! Contact resolution for `match-by-contact`: before a batch is applied, every valid record is given
-//! the key of the customer its contact details find, or a new key, by the dialect's
-//! [`Resolver`](crate::dialect::match_by_contact::Resolver).
+//! Contact resolution: before a batch whose records carry no key is applied, every valid record is
+//! given the key of the customer its contact details find, or a new key, by the
+//! [`Resolver`] of [`crate::matching`].
 //!
 //! Records are resolved in order, a few hundred per transaction. Each transaction first takes a
 //! transaction-level advisory lock on every contact value of its records (sorted, so two batches
@@ -17,9 +17,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::dialect::match_by_contact::{
-    Candidate, Contact, Contacts, Decision, Resolver, Rules, new_key,
-};
+use crate::matching::{Candidate, Contact, Contacts, Decision, Resolver, Rules, new_key};
 use crate::model::{Customer, FieldError, ParsedRecord};
 
 /// Records resolved per transaction. Each holds an advisory lock per distinct contact value (up to
@@ -39,10 +37,10 @@ pub async fn resolve(
     pool: &PgPool,
     tenant: &str,
     batch_id: &str,
-    body: &str,
+    rules: &Rules,
     parsed: &[ParsedRecord],
 ) -> Result<Vec<ParsedRecord>, sqlx::Error> {
-    let mut resolver = Resolver::new(Rules::read(body));
+    let mut resolver = Resolver::new(*rules);
     forget_completed(pool, tenant).await?;
     let mut recorded = recorded_decisions(pool, tenant, batch_id, None).await?;
     let valid: Vec<(usize, &Customer)> = parsed
@@ -256,7 +254,7 @@ async fn candidates(
         Option<String>,
         Option<String>,
     );
-    // The `#>>` paths are the names in `match_by_contact::extra`, as indexed by the migration.
+    // The `#>>` paths are the names in `matching::extra`, as indexed by the migration.
     let rows: Vec<Row> = sqlx::query_as(
         "WITH found AS (
              SELECT id FROM customers
