@@ -5,6 +5,7 @@
 //! It never touches AMQP or SQL. Adding a dialect is one new module and one line in [`DIALECTS`].
 
 pub mod add_with_accounts;
+mod attribute;
 pub mod customers_v1;
 pub mod match_by_contact;
 mod text;
