@@ -189,7 +189,7 @@ impl Resolver {
         for candidate in positions
             .into_iter()
             .flatten()
-            .map(|&i| &self.candidates[i])
+            .filter_map(|&i| self.candidates.get(i))
         {
             let (id, home) = match self.touched.get(&candidate.key) {
                 // This batch gave it another value for this contact: the stored one is gone.
@@ -203,8 +203,12 @@ impl Resolver {
             }
         }
         let keys = self.touched_by_value[contact as usize].get(value);
-        for key in keys.into_iter().flatten() {
-            let touched = &self.touched[key];
+        // Every key indexed here is one `settle` keeps in `touched`.
+        for (key, touched) in keys
+            .into_iter()
+            .flatten()
+            .filter_map(|key| Some((key, self.touched.get(key)?)))
+        {
             let home = touched.location.as_deref();
             if self.in_scope(home, location) {
                 found.insert(key.as_str(), (touched.id, home));
