@@ -40,6 +40,7 @@ pub mod failpoints;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod matching;
 pub mod metrics;
 pub mod model;
 pub mod relay;

@@ -8,8 +8,8 @@
 use chrono::NaiveDate;
 use serde_json::Value;
 
+use super::attribute::AttributeType;
 use super::text::{Checker, MAX_KEY_CHARS, decode_error};
-use super::upsert_by_id::{ATTRIBUTE_TYPES, value_fits};
 use super::{Dialect, Keying, Limits, Rejection, customers_member};
 use crate::codes::FieldCode;
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult, Reference, ReferenceTarget};
@@ -205,14 +205,16 @@ fn normalize(check: &mut Checker, mut customer: Customer) -> Customer {
         }
     }
     for (i, attribute) in customer.attributes.iter().enumerate() {
-        if !ATTRIBUTE_TYPES.contains(&attribute.kind.as_str()) {
+        let Some(kind) = AttributeType::from_name(&attribute.kind) else {
             check.errors.push(FieldError::new(
                 format!("attributes[{i}].type"),
                 FieldCode::InvalidValue,
-                format!("type must be one of {}", ATTRIBUTE_TYPES.join(", ")),
+                format!("type must be one of {}", AttributeType::names()),
             ));
-        } else if let Some(value) = &attribute.value
-            && !value_fits(&attribute.kind, value)
+            continue;
+        };
+        if let Some(value) = &attribute.value
+            && !kind.fits(value)
         {
             check.errors.push(FieldError::new(
                 format!("attributes[{i}].value"),

@@ -5,6 +5,7 @@
 //! It never touches AMQP or SQL. Adding a dialect is one new module and one line in [`DIALECTS`].
 
 pub mod add_with_accounts;
+mod attribute;
 pub mod customers_v1;
 pub mod match_by_contact;
 mod text;
@@ -84,6 +85,12 @@ pub trait Dialect: Send + Sync + 'static {
     /// record's; `Some(merge)` merges the record into it, which costs a read of the chunk's stored
     /// customers under a row lock first.
     fn merge(&self) -> Option<Merge> {
+        None
+    }
+
+    /// The options that hold for every record of a batch matched by contact, read from its body
+    /// (which [`Dialect::parse`] has accepted). `None` for a dialect without such options.
+    fn matching_rules(&self, _body: &str) -> Option<crate::matching::Rules> {
         None
     }
 

@@ -25,9 +25,12 @@ pub(super) async fn assign(
             Ok(parsed)
         }
         // Each record is given the key of the customer its contact details find, or a new one.
-        Keying::ByContact => Ok(ingest
-            .retry
-            .run(|| store::contacts::resolve(&ingest.pool, tenant, batch_id, body, &parsed))
-            .await?),
+        Keying::ByContact => {
+            let rules = dialect.matching_rules(body).unwrap_or_default();
+            Ok(ingest
+                .retry
+                .run(|| store::contacts::resolve(&ingest.pool, tenant, batch_id, &rules, &parsed))
+                .await?)
+        }
     }
 }

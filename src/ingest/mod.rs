@@ -19,7 +19,6 @@ use tokio::sync::Notify;
 pub use checks::{MAX_NESTING, check_nesting};
 pub use error::BatchError;
 
-use crate::codes::RejectionCode;
 use crate::config::PipelineSettings;
 use crate::dialect::{self, Limits};
 use crate::health::Health;

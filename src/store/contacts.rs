@@ -1,6 +1,6 @@
-//! Contact resolution for `match-by-contact`: before a batch is applied, every valid record is given
-//! the key of the customer its contact details find, or a new key, by the dialect's
-//! [`Resolver`](crate::dialect::match_by_contact::Resolver).
+//! Contact resolution: before a batch whose records carry no key is applied, every valid record is
+//! given the key of the customer its contact details find, or a new key, by the
+//! [`Resolver`] of [`crate::matching`].
 //!
 //! Records are resolved in order, a few hundred per transaction. Each transaction first takes a
 //! transaction-level advisory lock on every contact value of its records (sorted, so two batches
@@ -10,17 +10,19 @@
 //! first one's chunk is applied: so two batches adding the same new email at once end with one
 //! customer. The recorded decisions are also what a redelivered batch replays, so its records keep
 //! the keys (and its chunks the layout) of the first delivery.
+//!
+//! Customers are found by the values the engine keeps in the stored document, under `extra` by the
+//! names in [`crate::matching::extra`]; this module reads no other key of a customer document.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::codes::FieldCode;
-use crate::dialect::match_by_contact::{
-    Candidate, Contact, Contacts, Decision, Resolver, Rules, new_key,
-};
+use crate::matching::{self, Candidate, Contact, Contacts, Decision, Resolver, Rules, new_key};
 use crate::model::{Customer, FieldError, ParsedRecord};
 
 /// Records resolved per transaction. Each holds an advisory lock per distinct contact value (up to
@@ -40,57 +42,74 @@ pub async fn resolve(
     pool: &PgPool,
     tenant: &str,
     batch_id: &str,
-    body: &str,
+    rules: &Rules,
     parsed: &[ParsedRecord],
 ) -> Result<Vec<ParsedRecord>, sqlx::Error> {
-    let mut resolver = Resolver::new(Rules::read(body));
+    let mut resolver = Resolver::new(*rules);
     forget_completed(pool, tenant).await?;
     let mut recorded = recorded_decisions(pool, tenant, batch_id, None).await?;
-    let valid: Vec<(usize, &Customer)> = parsed
-        .iter()
-        .filter_map(|record| record.customer.as_ref().ok().map(|c| (record.index, c)))
-        .collect();
-    let mut settled: HashMap<usize, Result<(String, Customer), Vec<FieldError>>> =
-        HashMap::with_capacity(valid.len());
+    let mut resolved = Vec::with_capacity(parsed.len());
     let mut tally = Tally::default();
 
-    for chunk in valid.chunks(RECORDS_PER_TRANSACTION) {
-        if chunk.iter().all(|(index, _)| recorded.contains_key(index)) {
-            for (index, customer) in chunk {
-                let decision = &recorded[index];
-                tally.count(decision);
-                settled.insert(*index, resolver.settle(customer, decision));
-            }
-            continue;
-        }
-        let fresh: Vec<&Customer> = chunk
-            .iter()
-            .filter(|(index, _)| !recorded.contains_key(index))
-            .map(|(_, customer)| *customer)
+    for chunk in chunks(parsed, RECORDS_PER_TRANSACTION) {
+        let valid = || chunk.iter().filter(|record| record.customer.is_ok());
+        let fresh: Vec<Contacts> = valid()
+            .filter(|record| !recorded.contains_key(&record.index))
+            .filter_map(|record| record.customer.as_ref().ok().map(Contacts::of))
             .collect();
-        let contacts: Vec<Contacts> = fresh.iter().map(|c| Contacts::of(c)).collect();
-
-        let mut tx = pool.begin().await?;
-        lock(&mut tx, tenant, &contacts).await?;
-        // Another delivery of this batch may have resolved these records while this one waited.
-        let indexes: Vec<i32> = chunk.iter().map(|(index, _)| to_i32(*index)).collect();
-        recorded.extend(recorded_decisions(&mut *tx, tenant, batch_id, Some(&indexes)).await?);
-        resolver.set_candidates(candidates(&mut tx, tenant, batch_id, &contacts).await?);
+        // A chunk whose records all have recorded decisions replays them without a transaction.
+        let mut tx = None;
+        if !fresh.is_empty() {
+            let mut open = pool.begin().await?;
+            lock(&mut open, tenant, &fresh).await?;
+            // Another delivery of this batch may have resolved these records while this one waited.
+            let indexes = valid()
+                .map(|record| to_i32(record.index))
+                .collect::<Result<Vec<i32>, _>>()?;
+            recorded
+                .extend(recorded_decisions(&mut *open, tenant, batch_id, Some(&indexes)).await?);
+            resolver.set_candidates(candidates(&mut open, tenant, batch_id, &fresh).await?);
+            tx = Some(open);
+        }
         let mut rows = Rows::default();
-        for (index, customer) in chunk {
-            let decision = match recorded.get(index) {
+        for record in chunk {
+            let customer = match &record.customer {
+                Ok(customer) => customer,
+                Err(errors) => {
+                    resolved.push(ParsedRecord {
+                        index: record.index,
+                        key: record.key.clone(),
+                        customer: Err(errors.clone()),
+                        references: record.references.clone(),
+                    });
+                    continue;
+                }
+            };
+            let decision = match recorded.get(&record.index) {
                 Some(decision) => decision.clone(),
                 None => {
-                    let decision = resolver.decide(customer, || new_key(tenant, batch_id, *index));
-                    rows.push(*index, &decision, customer);
+                    let decision =
+                        resolver.decide(customer, || new_key(tenant, batch_id, record.index));
+                    rows.push(record.index, &decision, customer)?;
                     decision
                 }
             };
             tally.count(&decision);
-            settled.insert(*index, resolver.settle(customer, &decision));
+            let (key, customer) = match resolver.settle(customer, &decision) {
+                Ok((key, customer)) => (Some(key), Ok(customer)),
+                Err(errors) => (None, Err(errors)),
+            };
+            resolved.push(ParsedRecord {
+                index: record.index,
+                key,
+                customer,
+                references: record.references.clone(),
+            });
         }
-        rows.insert(&mut tx, tenant, batch_id).await?;
-        tx.commit().await?;
+        if let Some(mut tx) = tx {
+            rows.insert(&mut tx, tenant, batch_id).await?;
+            tx.commit().await?;
+        }
     }
     tracing::info!(
         added = tally.added,
@@ -98,24 +117,30 @@ pub async fn resolve(
         refused = tally.refused,
         "records matched by contact"
     );
+    Ok(resolved)
+}
 
-    Ok(parsed
-        .iter()
-        .map(|record| {
-            let (key, customer) = match (&record.customer, settled.remove(&record.index)) {
-                (Err(errors), _) => (record.key.clone(), Err(errors.clone())),
-                (Ok(_), Some(Ok((key, customer)))) => (Some(key), Ok(customer)),
-                (Ok(_), Some(Err(errors))) => (None, Err(errors)),
-                (Ok(_), None) => unreachable!("every valid record is settled"),
-            };
-            ParsedRecord {
-                index: record.index,
-                key,
-                customer,
-                references: record.references.clone(),
-            }
-        })
-        .collect())
+/// `parsed` cut, in order, into runs holding at most `per_chunk` valid records each (and the
+/// failed records among them, which are passed through).
+fn chunks(parsed: &[ParsedRecord], per_chunk: usize) -> impl Iterator<Item = &[ParsedRecord]> {
+    let per_chunk = per_chunk.max(1);
+    let mut rest = parsed;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut valid = 0;
+        let end = rest
+            .iter()
+            .position(|record| {
+                valid += usize::from(record.customer.is_ok());
+                valid > per_chunk
+            })
+            .unwrap_or(rest.len());
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 #[derive(Default)]
@@ -135,8 +160,14 @@ impl Tally {
     }
 }
 
-fn to_i32(index: usize) -> i32 {
-    i32::try_from(index).expect("record positions are bounded by max_records")
+/// A record's position as stored. Positions are bounded by `max_records`; one beyond `i32` fails
+/// the batch rather than being stored as another record's.
+fn to_i32(index: usize) -> Result<i32, sqlx::Error> {
+    i32::try_from(index).map_err(|_| {
+        sqlx::Error::Encode(
+            format!("record position {index} does not fit a Postgres integer").into(),
+        )
+    })
 }
 
 /// Drops the decisions of the tenant's batches that have completed: their customers are stored and
@@ -238,6 +269,43 @@ fn lock_key(tenant: &str, contact: Contact, value: &str) -> i32 {
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// Where a customer document (`customers.data`, a [`Customer`]) keeps one of the engine's values:
+/// under `extra`, by its name in [`matching::extra`].
+fn extra_path(name: &str) -> String {
+    format!("data #>> '{{extra,{name}}}'")
+}
+
+/// The query of [`candidates`]. Its paths are spelled exactly as migration
+/// `20261123000002_contact_matching.sql` indexes them, so that the indexes serve it.
+static CANDIDATES: LazyLock<String> = LazyLock::new(|| {
+    let [email, code, cell] = Contact::ALL.map(|contact| extra_path(contact.extra_key()));
+    let location = extra_path(matching::extra::LOCATION_ID);
+    format!(
+        "WITH found AS (
+             SELECT id FROM customers WHERE tenant = $1 AND {email} = ANY($2::text[])
+             UNION
+             SELECT id FROM customers WHERE tenant = $1 AND {code} = ANY($3::text[])
+             UNION
+             SELECT id FROM customers WHERE tenant = $1 AND {cell} = ANY($4::text[])
+         )
+         SELECT c.id, c.key, c.{location}, c.{email}, c.{code}, c.{cell}
+         FROM customers c JOIN found USING (id)
+         UNION ALL
+         SELECT c.id, r.key, r.location_id, r.email, r.customer_code, r.cell_phone
+         FROM contact_resolutions r
+         LEFT JOIN customers c ON c.tenant = r.tenant AND c.key = r.key
+         WHERE r.tenant = $1 AND r.batch_id <> $5 AND r.key IS NOT NULL
+           AND (r.email = ANY($2::text[]) OR r.customer_code = ANY($3::text[])
+                OR r.cell_phone = ANY($4::text[]))
+           AND NOT EXISTS (SELECT 1 FROM processed_batches p
+                           WHERE p.tenant = r.tenant AND p.batch_id = r.batch_id)
+           -- An add is a claim until its customer is stored (then the customer speaks for itself);
+           -- an update, for an hour at most: a batch that never completes cannot hold a value.
+           AND CASE WHEN r.adds THEN c.id IS NULL
+                    ELSE r.resolved_at > now() - interval '1 hour' END"
+    )
+});
+
 /// The customers of the tenant that have any of the contact values of `contacts`, and those other
 /// batches in flight have decided to add or give such a value (their claims).
 async fn candidates(
@@ -257,42 +325,14 @@ async fn candidates(
         Option<String>,
         Option<String>,
     );
-    // The `#>>` paths are the names in `match_by_contact::extra`, as indexed by the migration.
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH found AS (
-             SELECT id FROM customers
-             WHERE tenant = $1 AND data #>> '{extra,matchEmail}' = ANY($2::text[])
-             UNION
-             SELECT id FROM customers
-             WHERE tenant = $1 AND data #>> '{extra,matchCustomerCode}' = ANY($3::text[])
-             UNION
-             SELECT id FROM customers
-             WHERE tenant = $1 AND data #>> '{extra,matchCellPhone}' = ANY($4::text[])
-         )
-         SELECT c.id, c.key, c.data #>> '{extra,locationId}', c.data #>> '{extra,matchEmail}',
-                c.data #>> '{extra,matchCustomerCode}', c.data #>> '{extra,matchCellPhone}'
-         FROM customers c JOIN found USING (id)
-         UNION ALL
-         SELECT c.id, r.key, r.location_id, r.email, r.customer_code, r.cell_phone
-         FROM contact_resolutions r
-         LEFT JOIN customers c ON c.tenant = r.tenant AND c.key = r.key
-         WHERE r.tenant = $1 AND r.batch_id <> $5 AND r.key IS NOT NULL
-           AND (r.email = ANY($2::text[]) OR r.customer_code = ANY($3::text[])
-                OR r.cell_phone = ANY($4::text[]))
-           AND NOT EXISTS (SELECT 1 FROM processed_batches p
-                           WHERE p.tenant = r.tenant AND p.batch_id = r.batch_id)
-           -- An add is a claim until its customer is stored (then the customer speaks for itself);
-           -- an update, for an hour at most: a batch that never completes cannot hold a value.
-           AND CASE WHEN r.adds THEN c.id IS NULL
-                    ELSE r.resolved_at > now() - interval '1 hour' END",
-    )
-    .bind(tenant)
-    .bind(values(Contact::Email))
-    .bind(values(Contact::CustomerCode))
-    .bind(values(Contact::CellPhone))
-    .bind(batch_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows: Vec<Row> = sqlx::query_as(&CANDIDATES)
+        .bind(tenant)
+        .bind(values(Contact::Email))
+        .bind(values(Contact::CustomerCode))
+        .bind(values(Contact::CellPhone))
+        .bind(batch_id)
+        .fetch_all(&mut **tx)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(id, key, location, email, code, cell)| Candidate {
@@ -318,7 +358,12 @@ struct Rows {
 }
 
 impl Rows {
-    fn push(&mut self, index: usize, decision: &Decision, customer: &Customer) {
+    fn push(
+        &mut self,
+        index: usize,
+        decision: &Decision,
+        customer: &Customer,
+    ) -> Result<(), sqlx::Error> {
         let contacts = Contacts::of(customer);
         let (key, adds, location, errors) = match decision {
             Decision::Add { key, location } => (Some(key), true, location.clone(), None),
@@ -327,10 +372,11 @@ impl Rows {
                 None,
                 false,
                 None,
-                Some(serde_json::to_string(errors).expect("errors always serialize")),
+                // A refusal whose errors cannot be written is replayed as a refusal without them.
+                serde_json::to_string(errors).ok(),
             ),
         };
-        self.indexes.push(to_i32(index));
+        self.indexes.push(to_i32(index)?);
         self.keys.push(key.cloned());
         self.adds.push(adds);
         self.locations.push(location);
@@ -340,6 +386,7 @@ impl Rows {
             self.values[contact as usize].push(value);
         }
         self.errors.push(errors);
+        Ok(())
     }
 
     async fn insert(
@@ -374,5 +421,55 @@ impl Rows {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FieldError;
+
+    fn record(index: usize, valid: bool) -> ParsedRecord {
+        let customer = if valid {
+            Ok(Customer::default())
+        } else {
+            Err(vec![FieldError::new(
+                "Email",
+                FieldCode::InvalidEmail,
+                "bad",
+            )])
+        };
+        ParsedRecord::new(index, None, customer)
+    }
+
+    #[test]
+    fn chunks_hold_at_most_so_many_valid_records_and_keep_every_record_in_order() {
+        let validity = [false, true, true, false, true, false, false, true, false];
+        let parsed: Vec<ParsedRecord> = validity
+            .iter()
+            .enumerate()
+            .map(|(index, valid)| record(index, *valid))
+            .collect();
+        let runs: Vec<Vec<usize>> = chunks(&parsed, 2)
+            .map(|chunk| chunk.iter().map(|record| record.index).collect())
+            .collect();
+        assert_eq!(runs, [vec![0, 1, 2, 3], vec![4, 5, 6, 7, 8]]);
+        assert_eq!(chunks(&[], 2).count(), 0);
+        let failed = [record(0, false), record(1, false)];
+        assert_eq!(chunks(&failed, 2).count(), 1);
+    }
+
+    #[test]
+    fn the_candidate_query_reads_the_paths_the_migration_indexes() {
+        let migration = include_str!("../../migrations/20261123000002_contact_matching.sql");
+        for contact in Contact::ALL {
+            let path = extra_path(contact.extra_key());
+            assert!(
+                migration.contains(&format!("(tenant, ({path}))")),
+                "no index on {path}"
+            );
+            assert!(CANDIDATES.contains(&format!("AND {path} = ANY(")), "{path}");
+        }
+        assert!(CANDIDATES.contains(&extra_path(matching::extra::LOCATION_ID)));
     }
 }
