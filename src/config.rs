@@ -115,6 +115,15 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        // Deliveries prefetched beyond what is worked on would wait unacknowledged, and be handed
+        // back by a closing channel as a delivery spent.
+        anyhow::ensure!(
+            u32::from(self.amqp.prefetch) as usize <= self.pipeline.concurrency,
+            "invalid configuration: amqp.prefetch ({}) must be at most pipeline.concurrency ({}): \
+             a prefetched message waiting for a free worker would spend a delivery when handed back",
+            self.amqp.prefetch,
+            self.pipeline.concurrency,
+        );
         // Each message in hand holds one connection for its batch claim and needs another to work.
         anyhow::ensure!(
             self.database.max_connections as usize > self.pipeline.concurrency,

@@ -30,14 +30,17 @@ pub struct Supervisor {
 }
 
 /// What the caller does once consuming stopped: messages in hand are finished through `tracker`,
-/// then `close` ends the connection.
+/// then `close` ends the consuming channel and the connection. The channel stays open until then:
+/// closing it would hand every message in hand back to the broker, unacknowledged, as a delivery
+/// spent.
 pub struct Stopped {
-    connection: Option<lapin::Connection>,
+    session: Option<(lapin::Connection, lapin::Channel)>,
 }
 
 impl Stopped {
     pub async fn close(self) {
-        if let Some(connection) = self.connection {
+        if let Some((connection, channel)) = self.session {
+            let _ = channel.close(200, "shutting down".into()).await;
             let _ = connection.close(200, "shutting down".into()).await;
         }
     }
@@ -51,9 +54,9 @@ impl Supervisor {
         let mut sessions = 0u64;
         loop {
             match self.session(&stop, &tracker, &permits, &mut sessions).await {
-                Ok(connection) => {
+                Ok(session) => {
                     return Stopped {
-                        connection: Some(connection),
+                        session: Some(session),
                     };
                 }
                 Err(error) => {
@@ -65,7 +68,7 @@ impl Supervisor {
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = stop.cancelled() => return Stopped { connection: None },
+                () = stop.cancelled() => return Stopped { session: None },
             }
             delay = (delay * 2).min(Duration::from_secs(30));
         }
@@ -77,7 +80,7 @@ impl Supervisor {
         tracker: &TaskTracker,
         permits: &Arc<Semaphore>,
         sessions: &mut u64,
-    ) -> anyhow::Result<lapin::Connection> {
+    ) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
         let connection = tokio::select! {
             connection = connect(self.settings.url(), "customer-ingest") => connection?,
             () = stop.cancelled() => bail!("stopped before RabbitMQ was reached"),
@@ -97,15 +100,7 @@ impl Supervisor {
             .await?
             .with_patience(self.settings.recovery_timeout());
         self.publisher.send_replace(Some(publisher.clone()));
-        let mut consumer = channel
-            .basic_consume(
-                self.settings.ingest_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("starting the consumer")?;
+        let mut consumer = self.start_consumer(&channel).await?;
         self.health.set_broker(true);
         *sessions += 1;
         if *sessions > 1 {
@@ -124,13 +119,52 @@ impl Supervisor {
                 permits,
             )
             .await;
-        // No new deliveries; the ones prefetched but not started return to the queue when the
-        // channel closes. The connection stays open for the messages in hand to finish.
+        // No new deliveries; the ones prefetched but not started go back as fresh copies. The
+        // connection and the channel stay open for the messages in hand to finish.
+        if consumed.is_ok() {
+            self.hand_back_prefetched(&channel, &mut consumer, &publisher)
+                .await;
+        }
+        consumed.map(|()| (connection, channel))
+    }
+
+    async fn start_consumer(&self, channel: &lapin::Channel) -> anyhow::Result<lapin::Consumer> {
+        channel
+            .basic_consume(
+                self.settings.ingest_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("starting the consumer")
+    }
+
+    /// Cancels the consumer and hands every delivery it had prefetched, not started, back to the
+    /// queue as a fresh copy: returned by a closing channel or a requeue, each would count as a
+    /// delivery (quorum queues count them), and rolling restarts or a long outage would then
+    /// dead-letter messages that were never worked on.
+    async fn hand_back_prefetched(
+        &self,
+        channel: &lapin::Channel,
+        consumer: &mut lapin::Consumer,
+        publisher: &Publisher,
+    ) {
         let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
         if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), cancel).await {
             tracing::warn!(error = %error, "cancelling the consumer failed");
+            return;
         }
-        consumed.map(|()| connection)
+        let mut handed_back = 0;
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+        {
+            self.inbound.hand_back(&delivery, publisher).await;
+            handed_back += 1;
+        }
+        if handed_back > 0 {
+            tracing::info!(handed_back, "prefetched messages handed back to the queue");
+        }
     }
 
     /// Takes deliveries until `stop`, or until the connection is lost for good.
@@ -153,14 +187,20 @@ impl Supervisor {
         );
         tokio::pin!(lost);
         loop {
-            // While Postgres is unreachable no message is taken: they stay with the broker (or in
-            // the prefetch buffer, unacknowledged) instead of failing one after another.
+            // While Postgres is unreachable no message is taken: the consumer is cancelled and what
+            // it had prefetched handed back, so the messages wait with the broker instead of
+            // failing one after another or being held here.
             if !self.health.database_available() {
+                tracing::warn!("database unreachable; consuming paused");
+                self.hand_back_prefetched(channel, consumer, publisher)
+                    .await;
                 tokio::select! {
                     () = self.health.database_back() => {}
-                    () = stop.cancelled() => break,
+                    () = stop.cancelled() => return Ok(()),
                     () = &mut lost => bail!("the connection to RabbitMQ did not recover"),
                 }
+                *consumer = self.start_consumer(channel).await?;
+                tracing::info!("database back; consuming again");
             }
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use uuid::Uuid;
 
 use super::Publisher;
@@ -281,6 +281,18 @@ impl Inbound {
         self.send_reply(publisher, envelope, reply).await
     }
 
+    /// Hands a delivery that was not started back to the queue as a fresh copy (see
+    /// [`Inbound::requeue_for_outage`]); if that fails, the broker requeues it when the channel
+    /// closes.
+    pub async fn hand_back(&self, delivery: &Delivery, publisher: &Publisher) {
+        match self.requeue_for_outage(publisher, delivery).await {
+            Ok(()) => ack(delivery).await,
+            Err(error) => {
+                tracing::warn!(error = %error, "handing a prefetched message back failed; the broker requeues it")
+            }
+        }
+    }
+
     /// Hands the message back to the queue as a new message (publish, confirm, then ack the original)
     /// instead of a requeue, which would count against the delivery limit: an outage of Postgres
     /// must not send good messages to the dead-letter queue.
@@ -289,8 +301,18 @@ impl Inbound {
         publisher: &Publisher,
         delivery: &Delivery,
     ) -> Result<(), Unfinished> {
-        let mut table = delivery.properties.headers().clone().unwrap_or_default();
-        let count = header_i64(&Some(table.clone()), headers::OUTAGE_REQUEUES).unwrap_or(0) + 1;
+        let count =
+            header_i64(delivery.properties.headers(), headers::OUTAGE_REQUEUES).unwrap_or(0) + 1;
+        // The broker's own headers (`x-delivery-count`, `x-death`...) describe the original's
+        // deliveries, not the copy's: carried over, they would be read as the copy's.
+        let mut table = FieldTable::default();
+        if let Some(original) = delivery.properties.headers() {
+            for (name, value) in original.inner() {
+                if !name.as_str().starts_with("x-") {
+                    table.insert(name.clone(), value.clone());
+                }
+            }
+        }
         table.insert(
             headers::OUTAGE_REQUEUES.into(),
             AMQPValue::LongLongInt(count),

@@ -2,7 +2,7 @@
 //! of one batch, redeliveries whose records changed, panics, hostile field names. Each test here
 //! failed before the fix it stands for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -263,6 +263,60 @@ async fn a_stored_reply_this_version_cannot_read_is_retried_and_dead_lettered_as
     assert_eq!(
         header_i64(dead[0].properties.headers(), "error-attempts"),
         Some(2)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_stopping_hands_back_what_it_prefetched_without_spending_a_delivery() {
+    let mut app = TestApp::without_worker(|_| {}).await;
+    const MESSAGES: usize = 24;
+    let body = body_of(2000, "Held");
+    for i in 0..MESSAGES {
+        app.publish(Message::upsert(&body, "acme", &format!("held-{i}")))
+            .await;
+    }
+    let mut worker = spawn_worker_process(&app.settings, None);
+    let (first, _) = app.next_reply().await;
+    assert!(terminate(&mut worker).await.success());
+
+    let mut answered = HashSet::from([first["batch_id"].as_str().unwrap().to_owned()]);
+    while let Some(reply) = app.reply_within(Duration::from_millis(500)).await {
+        answered.insert(reply["batch_id"].as_str().unwrap().to_owned());
+    }
+    // Every message not answered is back in the queue, and none of them spent a delivery.
+    let mut left = HashSet::new();
+    let mut spent = Vec::new();
+    while let Some(message) = app
+        .channel
+        .basic_get(
+            app.settings.amqp.ingest_queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        let properties = &message.delivery.properties;
+        let id = properties.message_id().as_ref().unwrap().to_string();
+        let count =
+            customer_ingest::amqp::headers::header_i64(properties.headers(), "x-delivery-count")
+                .unwrap_or(0);
+        if message.delivery.redelivered || count > 0 {
+            spent.push((id.clone(), count, answered.contains(&id)));
+        }
+        left.insert(id);
+    }
+    assert_eq!(
+        answered.union(&left).count(),
+        MESSAGES,
+        "nothing lost: {} answered, {} left",
+        answered.len(),
+        left.len()
+    );
+    assert!(!left.is_empty(), "the worker stopped with messages left");
+    assert!(
+        spent.is_empty(),
+        "deliveries spent (id, count, answered): {spent:?}"
     );
     app.stop().await;
 }
