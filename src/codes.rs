@@ -41,6 +41,10 @@ codes! {
         BodyTooLarge => "body_too_large",
         /// The message has no `tenant` header.
         MissingTenant => "missing_tenant",
+        /// The `tenant` header is not a plain name (`[A-Za-z0-9_-]`, 1 to 64 characters).
+        InvalidTenant => "invalid_tenant",
+        /// The `message_id` holds a control character.
+        InvalidMessageId => "invalid_message_id",
         /// The message has no `type` property.
         MissingType => "missing_type",
         /// The `type` property names no dialect.

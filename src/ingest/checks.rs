@@ -10,6 +10,18 @@ use super::Envelope;
 /// ten levels; the limit keeps a hostile body from costing deep recursion anywhere downstream.
 pub const MAX_NESTING: usize = 32;
 
+/// Longest tenant name.
+pub const MAX_TENANT_CHARS: usize = 64;
+
+/// Whether `tenant` is a plain name: it appears in keys, routing keys and metric-free logs, and
+/// names a tenant's data everywhere.
+fn is_tenant_name(tenant: &str) -> bool {
+    (1..=MAX_TENANT_CHARS).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// The tenant and dialect of a message whose envelope passed its checks.
 #[derive(Clone, Copy)]
 pub(super) struct Addressed<'a> {
@@ -39,6 +51,21 @@ pub(super) fn envelope<'a>(
             "the message has no `tenant` header",
         ));
     };
+    if !is_tenant_name(tenant) {
+        return Err(Rejection::new(
+            RejectionCode::InvalidTenant,
+            format!(
+                "the `tenant` header must be 1 to {MAX_TENANT_CHARS} letters, digits, `_` or `-`"
+            ),
+        ));
+    }
+    // A message_id is at most 255 bytes (an AMQP short string); it is stored, logged and sent back.
+    if envelope.batch_id.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            RejectionCode::InvalidMessageId,
+            "the `message_id` property contains a control character",
+        ));
+    }
     let dialect = match envelope.dialect.as_deref() {
         None => {
             return Err(Rejection::new(

@@ -112,3 +112,47 @@ async fn a_message_without_tenant_or_with_an_unknown_type_is_rejected_before_any
     assert_eq!(stored, 0);
     direct.finish().await;
 }
+
+#[tokio::test]
+async fn a_tenant_or_batch_id_that_is_not_a_plain_name_is_rejected_before_anything_is_read() {
+    let direct = Direct::new().await;
+    let body = customers_body("D", 1, "Direct");
+    let long = "t".repeat(65);
+    for (message, code) in [
+        (
+            envelope("b-1", Some("ac\u{1}me"), Some("upsert-by-customer-id")),
+            "invalid_tenant",
+        ),
+        (
+            envelope("b-2", Some(&long), Some("upsert-by-customer-id")),
+            "invalid_tenant",
+        ),
+        (
+            envelope("b-3", Some("acme.prod"), Some("upsert-by-customer-id")),
+            "invalid_tenant",
+        ),
+        (
+            envelope("b\u{0}4", Some("acme"), Some("upsert-by-customer-id")),
+            "invalid_message_id",
+        ),
+    ] {
+        match direct.ingest.process(&message, &body).await {
+            Err(BatchError::Rejected(rejection)) => {
+                assert_eq!(rejection.code.as_str(), code, "{}", rejection.message)
+            }
+            other => panic!("expected a rejection `{code}`, got {other:?}"),
+        }
+    }
+    // The longest tenant a name may be, of every allowed character, is accepted.
+    let widest = format!("{}-_09AZ", "a".repeat(58));
+    let reply = direct
+        .ingest
+        .process(
+            &envelope("b-5", Some(&widest), Some("upsert-by-customer-id")),
+            &body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.counts.created, 1);
+    direct.finish().await;
+}
