@@ -45,6 +45,8 @@ codes! {
         InvalidTenant => "invalid_tenant",
         /// The `message_id` holds a control character.
         InvalidMessageId => "invalid_message_id",
+        /// The tenant used this `message_id` before for another body or dialect.
+        MessageIdReused => "message_id_reused",
         /// The message has no `type` property.
         MissingType => "missing_type",
         /// The `type` property names no dialect.

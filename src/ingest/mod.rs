@@ -13,14 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
 pub use checks::{MAX_NESTING, check_nesting};
 pub use error::BatchError;
 
+use crate::codes::RejectionCode;
 use crate::config::PipelineSettings;
-use crate::dialect::{self, Limits};
+use crate::dialect::{self, Limits, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::{Action, Counts, Customer};
@@ -134,6 +136,23 @@ impl Ingest {
         checks::Addressed { tenant, dialect }: checks::Addressed<'_>,
         started_at: DateTime<Utc>,
     ) -> Result<Reply, BatchError> {
+        // The same batch id with another body or dialect is another batch: it is refused, and
+        // nothing of the batch that id stands for is disclosed.
+        let fingerprint = batches::Fingerprint {
+            dialect: dialect.name().to_owned(),
+            body_sha256: Sha256::digest(body).to_vec(),
+        };
+        let recorded = self
+            .retry
+            .run(|| batches::fingerprint(&self.pool, tenant, &envelope.batch_id))
+            .await?;
+        if recorded.is_some_and(|recorded| recorded != fingerprint) {
+            return Err(BatchError::Rejected(Rejection::new(
+                RejectionCode::MessageIdReused,
+                "this message_id was used before by this tenant for another body or dialect; \
+                 a new batch needs a new message_id",
+            )));
+        }
         let stored = self
             .retry
             .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
@@ -166,6 +185,11 @@ impl Ingest {
         };
         let parsed = dialect.parse(text, limits)?;
         tracing::info!(records = parsed.len(), "batch read");
+        self.retry
+            .run(|| {
+                batches::record_fingerprint(&self.pool, tenant, &envelope.batch_id, &fingerprint)
+            })
+            .await?;
 
         let parsed = keys::assign(self, tenant, &envelope.batch_id, dialect, text, parsed).await?;
         let parsed = references::check(self, tenant, dialect, parsed).await?;

@@ -94,6 +94,52 @@ pub async fn recorded_results(
     Ok((recorded, next))
 }
 
+/// What a batch id stood for when it was first applied: its dialect and the SHA-256 of its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub dialect: String,
+    pub body_sha256: Vec<u8>,
+}
+
+/// The fingerprint recorded for the batch, if it was ever applied.
+pub async fn fingerprint(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
+) -> Result<Option<Fingerprint>, sqlx::Error> {
+    let row: Option<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT dialect, body_sha256 FROM batch_fingerprints WHERE tenant = $1 AND batch_id = $2",
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(dialect, body_sha256)| Fingerprint {
+        dialect,
+        body_sha256,
+    }))
+}
+
+/// Records what the batch id stands for, before anything of it is applied (a no-op if recorded).
+pub async fn record_fingerprint(
+    pool: &PgPool,
+    tenant: &str,
+    batch_id: &str,
+    fingerprint: &Fingerprint,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO batch_fingerprints (tenant, batch_id, dialect, body_sha256)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, batch_id) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .bind(&fingerprint.dialect)
+    .bind(&fingerprint.body_sha256)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The reply stored for a batch that already completed, if any.
 pub async fn completed_reply(
     pool: &PgPool,

@@ -320,3 +320,41 @@ async fn a_worker_stopping_hands_back_what_it_prefetched_without_spending_a_deli
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_id_reused_with_another_body_or_dialect_is_rejected_and_discloses_nothing_of_the_first()
+ {
+    let mut app = TestApp::spawn().await;
+    let first = body_of(3, "Secret");
+    app.publish(Message::upsert(&first, "acme", "reused")).await;
+    assert_eq!(app.next_reply().await.0["status"], "completed");
+
+    let other = body_of(3, "Other");
+    app.publish(Message::upsert(&other, "acme", "reused")).await;
+    let native = serde_json::to_vec(&json!({"customers": [{"externalId": "K-000"}]})).unwrap();
+    app.publish(Message {
+        dialect: Some("customers.v1"),
+        ..Message::upsert(&native, "acme", "reused")
+    })
+    .await;
+    for _ in 0..2 {
+        let (reply, _) = app.next_reply().await;
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        assert_eq!(reply["error"]["code"], "message_id_reused", "{reply}");
+        assert_eq!(reply["records"], json!([]));
+        assert!(!reply.to_string().contains("Secret"), "{reply}");
+    }
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT data->>'name' FROM customers WHERE tenant = 'acme'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(names.iter().all(|n| n.starts_with("Secret")), "{names:?}");
+
+    // The first body again is the same batch: answered from its stored reply.
+    app.publish(Message::upsert(&first, "acme", "reused")).await;
+    let (again, _) = app.next_reply().await;
+    assert_eq!(again["status"], "completed");
+    assert_eq!(again["counts"]["created"], 3);
+    app.stop().await;
+}
