@@ -122,8 +122,10 @@ impl Application {
         .await;
 
         tracker.close();
-        let deadline = settings.shutdown.deadline();
-        if tokio::time::timeout(deadline, tracker.wait())
+        // One deadline for the whole stop: the messages in hand, then the outbox, then the
+        // connections share it.
+        let deadline = tokio::time::Instant::now() + settings.shutdown.deadline();
+        if tokio::time::timeout_at(deadline, tracker.wait())
             .await
             .is_err()
         {
@@ -133,12 +135,18 @@ impl Application {
             );
         }
         relay_stop.cancel();
-        if tokio::time::timeout(deadline, relay_task).await.is_err() {
+        if tokio::time::timeout_at(deadline, relay_task).await.is_err() {
             tracing::warn!(
                 "outbox not flushed before the deadline; it is published on the next start"
             );
         }
-        stopped.close().await;
+        let closing = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
+        if tokio::time::timeout_at(closing, stopped.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("closing the RabbitMQ connection took too long; leaving it");
+        }
         probe_stop.cancel();
         http_stop.cancel();
         let _ = probe_task.await;

@@ -269,7 +269,9 @@ async fn a_stored_reply_this_version_cannot_read_is_retried_and_dead_lettered_as
 
 #[tokio::test]
 async fn a_worker_stopping_hands_back_what_it_prefetched_without_spending_a_delivery() {
-    let mut app = TestApp::without_worker(|_| {}).await;
+    // Long enough for the messages in hand to finish on a busy machine: only what was never
+    // started is handed back.
+    let mut app = TestApp::without_worker(|s| s.shutdown.deadline_secs = 120).await;
     const MESSAGES: usize = 24;
     let body = body_of(2000, "Held");
     for i in 0..MESSAGES {
@@ -356,5 +358,63 @@ async fn a_batch_id_reused_with_another_body_or_dialect_is_rejected_and_disclose
     let (again, _) = app.next_reply().await;
     assert_eq!(again["status"], "completed");
     assert_eq!(again["counts"]["created"], 3);
+    app.stop().await;
+}
+
+/// A worker process in the middle of a 100,000-customer batch, with `deadline_secs` to stop.
+async fn a_worker_busy_with_a_large_batch(deadline_secs: u64) -> (TestApp, tokio::process::Child) {
+    let mut app = TestApp::without_worker(|s| s.shutdown.deadline_secs = deadline_secs).await;
+    let body = body_of(100_000, "Large");
+    app.publish(Message::upsert(&body, "acme", "large")).await;
+    let worker = spawn_worker_process(&app.settings, None);
+    crate::helpers::wait_for("some chunks to commit", || async {
+        let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_chunks")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        chunks >= 3
+    })
+    .await;
+    let _ = &mut app;
+    (app, worker)
+}
+
+#[tokio::test]
+async fn a_stopping_worker_takes_at_most_its_shutdown_deadline_in_all() {
+    let (app, mut worker) = a_worker_busy_with_a_large_batch(2).await;
+    let asked = std::time::Instant::now();
+    crate::helpers::signal(&worker, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    // The deadline bounds the whole stop (messages in hand, the outbox, the connections), with a
+    // second of slack for the process itself.
+    assert!(took < Duration::from_secs(3), "stopping took {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_stop_request_stops_the_worker_at_once() {
+    let (app, mut worker) = a_worker_busy_with_a_large_batch(60).await;
+    crate::helpers::signal(&worker, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    crate::helpers::signal(&worker, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "stopping took {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        !status.success(),
+        "an interrupted stop is not a clean one: {status}"
+    );
     app.stop().await;
 }
