@@ -1,5 +1,6 @@
 //! Typed settings: the defaults in `config/default.toml` (compiled in), an optional file, then
-//! `INGEST__SECTION__KEY` environment variables.
+//! `INGEST__SECTION__KEY` environment variables. [`Settings::to_env`] writes settings back as those
+//! variables, for a child process.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,11 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
-#[derive(Debug, Clone, Deserialize)]
+/// The prefix and separator of the environment variables read over the files: `INGEST__AMQP__URL`
+/// sets `amqp.url`.
+const ENV_PREFIX: &str = "INGEST";
+const ENV_SEPARATOR: &str = "__";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     pub amqp: AmqpSettings,
     pub database: DatabaseSettings,
@@ -23,9 +29,11 @@ pub struct Settings {
     pub dlq: DlqSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
-    /// Holds credentials, so it never prints.
+    /// Holds credentials, so it never prints and is never serialized (only [`Settings::to_env`]
+    /// hands it on).
+    #[serde(skip_serializing)]
     pub url: SecretString,
     pub ingest_queue: String,
     pub dead_letter_exchange: String,
@@ -37,16 +45,18 @@ pub struct AmqpSettings {
     pub recovery_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
-    /// Holds credentials, so it never prints.
+    /// Holds credentials, so it never prints and is never serialized (only [`Settings::to_env`]
+    /// hands it on).
+    #[serde(skip_serializing)]
     pub url: SecretString,
     pub max_connections: u32,
     pub lock_timeout_ms: u64,
     pub retry_budget_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PipelineSettings {
     pub concurrency: usize,
     pub chunk_size: usize,
@@ -55,36 +65,36 @@ pub struct PipelineSettings {
     pub reply_records_per_message: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RelaySettings {
     pub batch_size: i64,
     pub poll_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Human,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ShutdownSettings {
     pub deadline_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DlqSettings {
     pub max_replays: u32,
 }
@@ -92,6 +102,14 @@ pub struct DlqSettings {
 impl Settings {
     /// Loads the defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, None)
+    }
+
+    /// As [`Settings::load`], reading `environment` instead of the process's variables if given.
+    fn load_from(
+        file: Option<&Path>,
+        environment: Option<config::Map<String, String>>,
+    ) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(file) = file {
@@ -101,10 +119,11 @@ impl Settings {
             .add_source(
                 // `prefix_separator` must be set as well: it would otherwise default to `_` in some
                 // versions of `config`, and INGEST__AMQP__URL would not match.
-                config::Environment::with_prefix("INGEST")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator(ENV_SEPARATOR)
+                    .separator(ENV_SEPARATOR)
+                    .try_parsing(true)
+                    .source(environment),
             )
             .build()
             .context("reading configuration")?
@@ -112,6 +131,27 @@ impl Settings {
             .context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Every setting as an `INGEST__SECTION__KEY` variable, so that a child process started with
+    /// them (`serve`, a worker of the bench or of a test) loads these very settings, whatever file
+    /// or variables this process read. Secrets are exposed here, and only here: the variables are
+    /// meant for a child's environment, never for a log.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let value = serde_json::to_value(self).expect("settings have string keys only");
+        let mut variables = Vec::new();
+        flatten_into(ENV_PREFIX.to_owned(), value, &mut variables);
+        // Secrets are not serialized (see the fields), so they are added by name.
+        for (name, secret) in [
+            ("AMQP__URL", self.amqp.url()),
+            ("DATABASE__URL", self.database.url()),
+        ] {
+            variables.push((
+                format!("{ENV_PREFIX}{ENV_SEPARATOR}{name}"),
+                secret.to_owned(),
+            ));
+        }
+        variables
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -171,6 +211,26 @@ impl Settings {
     }
 }
 
+/// Appends `value` as variables named `name` and, for a table, `name__KEY` for each of its keys.
+fn flatten_into(name: String, value: serde_json::Value, variables: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                let name = format!("{name}{ENV_SEPARATOR}{}", key.to_uppercase());
+                flatten_into(name, value, variables);
+            }
+        }
+        Value::String(text) => variables.push((name, text)),
+        Value::Number(number) => variables.push((name, number.to_string())),
+        Value::Bool(flag) => variables.push((name, flag.to_string())),
+        // No variable can say "unset"; no setting is optional today.
+        Value::Null => {}
+        // The loader reads no lists from the environment (`config` would need a list separator).
+        Value::Array(_) => panic!("{name} is a list, which no environment variable can carry"),
+    }
+}
+
 impl AmqpSettings {
     pub fn url(&self) -> &str {
         self.url.expose_secret()
@@ -221,11 +281,111 @@ mod tests {
         assert_eq!(settings.http.addr.port(), 9464);
     }
 
+    /// Every key set, each to something other than its default.
+    const EVERY_KEY_CHANGED: &str = r#"
+        [amqp]
+        url = "amqp://u:p@10.0.0.1:5673/vhost"
+        ingest_queue = "q.ingest"
+        dead_letter_exchange = "q.dlx"
+        dead_letter_queue = "q.dlq"
+        events_exchange = "q.events"
+        results_queue = "q.results"
+        delivery_limit = 7
+        prefetch = 2
+        recovery_timeout_secs = 11
+        [database]
+        url = "postgres://u:p@10.0.0.2:5433/other?sslmode=disable"
+        max_connections = 5
+        lock_timeout_ms = 123
+        retry_budget_secs = 45
+        [pipeline]
+        concurrency = 3
+        chunk_size = 77
+        max_body_bytes = 1000
+        max_records = 99
+        reply_records_per_message = 9
+        [relay]
+        batch_size = 5
+        poll_interval_ms = 250
+        [http]
+        addr = "127.0.0.1:0"
+        [log]
+        format = "json"
+        level = "warn,customer_ingest=debug"
+        [shutdown]
+        deadline_secs = 4
+        [dlq]
+        max_replays = 1
+    "#;
+
+    fn from_toml(text: &str) -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .expect("the test's settings are complete")
+    }
+
+    #[test]
+    fn settings_reach_a_child_process_unchanged_through_its_environment() {
+        let original = from_toml(EVERY_KEY_CHANGED);
+        let defaults = Settings::load_from(None, Some(config::Map::new())).unwrap();
+        let variables = original.to_env();
+        // Otherwise a variable `to_env` left out would come back as its default, unnoticed.
+        let default_variables = defaults.to_env();
+        let unchanged: Vec<_> = variables
+            .iter()
+            .filter(|variable| default_variables.contains(variable))
+            .collect();
+        assert!(unchanged.is_empty(), "set to the default: {unchanged:?}");
+        assert!(
+            variables.contains(&("INGEST__PIPELINE__CHUNK_SIZE".into(), "77".into())),
+            "{variables:?}"
+        );
+
+        let loaded = Settings::load_from(None, Some(variables.into_iter().collect())).unwrap();
+        assert_eq!(
+            serde_json::to_value(&loaded).unwrap(),
+            serde_json::to_value(&original).unwrap()
+        );
+        assert_eq!(loaded.amqp.url(), original.amqp.url());
+        assert_eq!(loaded.database.url(), original.database.url());
+    }
+
+    #[test]
+    fn settings_serialize_without_their_secrets() {
+        let settings = Settings::load_from(None, Some(config::Map::new())).unwrap();
+        let serialized = serde_json::to_string(&settings).unwrap();
+        assert!(!serialized.contains("guest:guest"), "{serialized}");
+        assert!(!serialized.contains("postgres:postgres"), "{serialized}");
+    }
+
     #[test]
     fn secrets_do_not_print() {
         let settings = Settings::load(None).expect("defaults load");
         let printed = format!("{settings:?}");
         assert!(!printed.contains("guest:guest"), "{printed}");
         assert!(!printed.contains("postgres:postgres"), "{printed}");
+    }
+
+    #[test]
+    fn a_prefetch_over_the_concurrency_or_a_pool_too_small_for_it_starts_nothing_and_names_the_keys()
+     {
+        let load = |pairs: &[(&str, &str)]| {
+            let variables = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::load_from(None, Some(variables))
+                .unwrap_err()
+                .to_string()
+        };
+        let error = load(&[("INGEST__AMQP__PREFETCH", "5")]);
+        assert!(
+            error.contains("amqp.prefetch (5)") && error.contains("pipeline.concurrency (4)"),
+            "{error}"
+        );
+        let error = load(&[("INGEST__DATABASE__MAX_CONNECTIONS", "4")]);
+        assert!(error.contains("database.max_connections (4)"), "{error}");
     }
 }

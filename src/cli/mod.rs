@@ -1,6 +1,5 @@
 //! The command line: one subcommand per file, each with its options and an `async fn run`.
 
-pub mod bench;
 pub mod dlq;
 pub mod migrate;
 pub mod publish;
@@ -36,8 +35,6 @@ pub enum Command {
     /// Inspect, replay or purge the dead-letter queue.
     #[command(subcommand)]
     Dlq(dlq::Command),
-    /// Measure throughput against the Postgres ceiling on this machine (prints one JSON object).
-    Bench(bench::Args),
 }
 
 #[cfg(test)]

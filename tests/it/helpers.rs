@@ -515,59 +515,15 @@ pub fn spawn_worker_process(
     settings: &Settings,
     failpoints: Option<&str>,
 ) -> tokio::process::Child {
-    let amqp = &settings.amqp;
-    let database = &settings.database;
+    let mut settings = settings.clone();
+    // Any free port, since several workers may run at once; only warnings and errors are logged.
+    settings.http.addr = "127.0.0.1:0".parse().unwrap();
+    settings.log.level = "warn".into();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_customer-ingest"));
-    command.arg("serve").kill_on_drop(true);
-    let environment = [
-        ("INGEST__AMQP__URL", amqp.url().to_owned()),
-        ("INGEST__AMQP__INGEST_QUEUE", amqp.ingest_queue.clone()),
-        (
-            "INGEST__AMQP__DEAD_LETTER_EXCHANGE",
-            amqp.dead_letter_exchange.clone(),
-        ),
-        (
-            "INGEST__AMQP__DEAD_LETTER_QUEUE",
-            amqp.dead_letter_queue.clone(),
-        ),
-        (
-            "INGEST__AMQP__EVENTS_EXCHANGE",
-            amqp.events_exchange.clone(),
-        ),
-        ("INGEST__AMQP__RESULTS_QUEUE", amqp.results_queue.clone()),
-        (
-            "INGEST__AMQP__DELIVERY_LIMIT",
-            amqp.delivery_limit.to_string(),
-        ),
-        ("INGEST__DATABASE__URL", database.url().to_owned()),
-        (
-            "INGEST__DATABASE__LOCK_TIMEOUT_MS",
-            database.lock_timeout_ms.to_string(),
-        ),
-        (
-            "INGEST__DATABASE__RETRY_BUDGET_SECS",
-            database.retry_budget_secs.to_string(),
-        ),
-        (
-            "INGEST__PIPELINE__CHUNK_SIZE",
-            settings.pipeline.chunk_size.to_string(),
-        ),
-        (
-            "INGEST__PIPELINE__CONCURRENCY",
-            settings.pipeline.concurrency.to_string(),
-        ),
-        (
-            "INGEST__RELAY__POLL_INTERVAL_MS",
-            settings.relay.poll_interval_ms.to_string(),
-        ),
-        (
-            "INGEST__SHUTDOWN__DEADLINE_SECS",
-            settings.shutdown.deadline_secs.to_string(),
-        ),
-        ("INGEST__HTTP__ADDR", "127.0.0.1:0".to_owned()),
-        ("INGEST__LOG__LEVEL", "warn".to_owned()),
-    ];
-    command.envs(environment);
+    command
+        .arg("serve")
+        .envs(settings.to_env())
+        .kill_on_drop(true);
     match failpoints {
         Some(failpoints) => command.env("FAILPOINTS", failpoints),
         None => command.env_remove("FAILPOINTS"),
