@@ -109,6 +109,13 @@ impl Application {
             .run(relay_stop.clone()),
         );
 
+        let stop_requested = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                stop.cancelled().await;
+                tokio::time::Instant::now()
+            }
+        });
         let tracker = TaskTracker::new();
         let stopped = Supervisor {
             settings: settings.amqp.clone(),
@@ -122,9 +129,12 @@ impl Application {
         .await;
 
         tracker.close();
-        // One deadline for the whole stop: the messages in hand, then the outbox, then the
-        // connections share it.
-        let deadline = tokio::time::Instant::now() + settings.shutdown.deadline();
+        // One deadline for the whole stop, from the moment it was asked for: the messages in
+        // hand, then the outbox share it; closing the connections gets a moment more.
+        let requested_at = stop_requested
+            .await
+            .unwrap_or_else(|_| tokio::time::Instant::now());
+        let deadline = requested_at + settings.shutdown.deadline();
         if tokio::time::timeout_at(deadline, tracker.wait())
             .await
             .is_err()
@@ -151,11 +161,18 @@ impl Application {
         http_stop.cancel();
         let _ = probe_task.await;
         let _ = http_task.await;
-        pool.close().await;
+        // A message still in hand past the deadline keeps its connections until the process ends:
+        // closing the pool under it would fail its chunks instead of leaving them for redelivery.
+        if tracker.is_empty() {
+            let _ = tokio::time::timeout(CLOSING, pool.close()).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// How long closing the connections may take once the deadline has passed.
+const CLOSING: Duration = Duration::from_millis(300);
 
 /// Checks every second that Postgres answers, so that readiness and the consumer's gate follow an
 /// outage even while no message is in hand. A pool that is merely busy is not an outage.
