@@ -18,6 +18,7 @@ const ENV_PREFIX: &str = "INGEST";
 const ENV_SEPARATOR: &str = "__";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub amqp: AmqpSettings,
     pub database: DatabaseSettings,
@@ -30,6 +31,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     /// Holds credentials, so it never prints and is never serialized (only [`Settings::to_env`]
     /// hands it on).
@@ -46,6 +48,7 @@ pub struct AmqpSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// Holds credentials, so it never prints and is never serialized (only [`Settings::to_env`]
     /// hands it on).
@@ -57,6 +60,7 @@ pub struct DatabaseSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct PipelineSettings {
     pub concurrency: usize,
     pub chunk_size: usize,
@@ -66,12 +70,14 @@ pub struct PipelineSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RelaySettings {
     pub batch_size: i64,
     pub poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
 }
@@ -84,17 +90,20 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     pub deadline_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct DlqSettings {
     pub max_replays: u32,
 }
@@ -387,5 +396,25 @@ mod tests {
         );
         let error = load(&[("INGEST__DATABASE__MAX_CONNECTIONS", "4")]);
         assert!(error.contains("database.max_connections (4)"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_setting_starts_nothing_and_names_the_key() {
+        let variables = [("INGEST__PIPELINE__CHUNK_SIZ".to_owned(), "10".to_owned())]
+            .into_iter()
+            .collect();
+        let error = format!(
+            "{:#}",
+            Settings::load_from(None, Some(variables)).unwrap_err()
+        );
+        assert!(error.contains("chunk_siz"), "{error}");
+        let variables = [("INGEST__PIPELIN__CHUNK_SIZE".to_owned(), "10".to_owned())]
+            .into_iter()
+            .collect();
+        let error = format!(
+            "{:#}",
+            Settings::load_from(None, Some(variables)).unwrap_err()
+        );
+        assert!(error.contains("pipelin"), "{error}");
     }
 }
