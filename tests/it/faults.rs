@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Message, PATIENCE, TestApp, customers_body, spawn_worker_process, terminate, wait_for,
+    Message, PATIENCE, TestApp, customers_body, failpoints_compiled_in, spawn_worker_process,
+    terminate, wait_for,
 };
 
 fn strip_correlation(reply: &Value) -> Value {
@@ -31,14 +32,6 @@ async fn assert_customers_at_version(app: &TestApp, tenant: &str, n: usize, vers
         rows.iter().all(|(_, v)| *v == version),
         "every customer at version {version}"
     );
-}
-
-fn failpoints_compiled_in() {
-    if !cfg!(feature = "failpoints") {
-        panic!(
-            "these tests need failure points: run them with --features failpoints (scripts/test.sh does)"
-        );
-    }
 }
 
 /// Stops a worker process at `failpoint` during a three-chunk batch, restarts it, and checks that

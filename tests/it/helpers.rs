@@ -549,3 +549,13 @@ pub fn signal(child: &tokio::process::Child, name: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill -{name} {pid}");
 }
+
+/// Stops a test that needs failure points when they are not compiled in, rather than letting it pass
+/// without them.
+pub fn failpoints_compiled_in() {
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "these tests need failure points: run them with --features failpoints (scripts/test.sh does)"
+        );
+    }
+}

@@ -589,9 +589,7 @@ async fn a_bad_record_fails_alone_and_a_key_the_api_does_not_define_rejects_the_
 
 #[tokio::test]
 async fn a_worker_killed_after_a_chunk_commits_resumes_the_batch_with_the_customers_it_matched() {
-    if !cfg!(feature = "failpoints") {
-        panic!("this test needs --features failpoints (scripts/test.sh sets it)");
-    }
+    crate::helpers::failpoints_compiled_in();
     let mut app = TestApp::without_worker(|s| s.pipeline.chunk_size = 50).await;
     // 100 new customers; the last 50 records come back to the first 50 by cell phone.
     let customers: Vec<Value> = (0..150)

@@ -105,11 +105,7 @@ async fn one_batch_delivered_twice_at_once_to_two_workers_is_applied_once_and_bo
 
 #[tokio::test]
 async fn a_batch_redelivered_with_another_chunk_layout_applies_every_record_once_and_says_so() {
-    if !cfg!(feature = "failpoints") {
-        panic!(
-            "this test needs failure points: run it with --features failpoints (scripts/test.sh does)"
-        );
-    }
+    crate::helpers::failpoints_compiled_in();
     let mut app = TestApp::without_worker(|s| s.pipeline.chunk_size = 7).await;
     let body = body_of(30, "Layout");
     app.publish(Message::upsert(&body, "acme", "layout")).await;
@@ -147,11 +143,7 @@ async fn a_batch_redelivered_with_another_chunk_layout_applies_every_record_once
 
 #[tokio::test]
 async fn a_panic_while_processing_a_message_dead_letters_it_and_the_next_message_goes_on() {
-    if !cfg!(feature = "failpoints") {
-        panic!(
-            "this test needs failure points: run it with --features failpoints (scripts/test.sh does)"
-        );
-    }
+    crate::helpers::failpoints_compiled_in();
     fail::cfg("batch-panic", "return(panics)").unwrap();
     let mut app = TestApp::spawn().await;
     app.publish(Message::upsert(&body_of(3, "P"), "acme", "panics"))
