@@ -35,6 +35,9 @@ enum Unfinished {
     /// See [`BatchError::Failed`].
     #[error("processing failed: {0:#}")]
     Failed(anyhow::Error),
+    /// See [`BatchError::Contended`].
+    #[error("lock contention: {0:#}")]
+    Contended(anyhow::Error),
 }
 
 pub struct Inbound {
@@ -117,6 +120,7 @@ impl Inbound {
                     .map(|()| "requeued")
             }
             Err(BatchError::Failed(error)) => Err(Unfinished::Failed(error)),
+            Err(BatchError::Contended(error)) => Err(Unfinished::Contended(error)),
         };
 
         match outcome {
@@ -155,15 +159,21 @@ impl Inbound {
         let attempt = headers::delivery_attempt(&delivery.properties);
         let error_id = Uuid::now_v7();
         tracing::error!(%error_id, error = ?error, attempt, "message not finished");
-        if let Unfinished::Failed(_) = &error
+        // The cause may quote the database or the data: it stays in the log, under this id.
+        let last_words = match &error {
+            Unfinished::Failed(_) => Some("processing failed on every allowed delivery"),
+            Unfinished::Contended(_) => Some(
+                "the batch's customers stayed locked by other transactions on every allowed delivery",
+            ),
+            // The broker failed us: dead-lettering would need the broker too.
+            Unfinished::Broker(_) => None,
+        };
+        if let Some(last_words) = last_words
             && attempt >= i64::from(self.amqp.delivery_limit)
         {
-            // The cause may quote the database or the data: it stays in the log, under this id.
             let rejection = Rejection::new(
                 RejectionCode::ProcessingFailed,
-                format!(
-                    "processing failed on every allowed delivery; error id {error_id} is in the service's log"
-                ),
+                format!("{last_words}; error id {error_id} is in the service's log"),
             );
             match self
                 .reject(publisher, delivery, envelope, rejection, Utc::now())

@@ -10,6 +10,7 @@ use crate::dialect::Merge;
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult};
 use crate::store::{self, customers};
 
+use super::retry::Budget;
 use super::{BatchError, Ingest};
 
 /// What the result of a record needs once its customer is stored: where it was, its key, and why it
@@ -113,6 +114,7 @@ fn holds_control_character(json: &str) -> bool {
 /// applied, or what an earlier delivery recorded for the record's key.
 pub(super) async fn apply(
     ingest: &Ingest,
+    budget: &Budget<'_>,
     batch: Batch<'_>,
     rows: Vec<customers::ChunkRow>,
     outline: Vec<Outline>,
@@ -149,8 +151,7 @@ pub(super) async fn apply(
             .ok()
             .and_then(|i| i.checked_add(first_chunk))
             .ok_or_else(|| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
-        let result = ingest
-            .retry
+        let result = budget
             .run(|| customers::apply_chunk(&ingest.pool, tenant, batch_id, index, chunk, merged))
             .await;
         ingest
@@ -163,9 +164,8 @@ pub(super) async fn apply(
                 ingest.relay.notify_one();
                 applied.extend(results.into_iter().map(|a| (a.key.clone(), a)));
             }
-            Err(error) if store::is_transient(&error) => {
-                return Err(BatchError::DatabaseUnavailable(error));
-            }
+            // Still failing when the message's retry budget ran out: an outage or contention.
+            Err(error) if store::is_transient(&error) => return Err(error.into()),
             // Postgres refused the chunk itself (a constraint, a value it cannot store): retrying
             // cannot help, and the other chunks are unaffected, so this chunk's records fail.
             Err(error) => {

@@ -4,11 +4,13 @@ use crate::dialect::{Dialect, Keying};
 use crate::model::ParsedRecord;
 use crate::store;
 
+use super::retry::Budget;
 use super::{BatchError, Ingest};
 
 /// Gives every valid record its key, as the dialect's [`Keying`] says.
 pub(super) async fn assign(
     ingest: &Ingest,
+    budget: &Budget<'_>,
     tenant: &str,
     batch_id: &str,
     dialect: &dyn Dialect,
@@ -27,8 +29,7 @@ pub(super) async fn assign(
         // Each record is given the key of the customer its contact details find, or a new one.
         Keying::ByContact => {
             let rules = dialect.matching_rules(body).unwrap_or_default();
-            Ok(ingest
-                .retry
+            Ok(budget
                 .run(|| store::contacts::resolve(&ingest.pool, tenant, batch_id, &rules, &parsed))
                 .await?)
         }

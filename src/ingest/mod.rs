@@ -10,7 +10,7 @@ mod references;
 mod retry;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::model::{Action, Counts, Customer};
 use crate::reply::Reply;
 use crate::store::batches;
-use retry::Retry;
+use retry::{Budget, Retry};
 
 /// How often a delivery waiting for another delivery of its batch looks again.
 const CLAIM_POLL: Duration = Duration::from_millis(100);
@@ -96,21 +96,27 @@ impl Ingest {
     pub async fn process(&self, envelope: &Envelope, body: &[u8]) -> Result<Reply, BatchError> {
         let started_at = Utc::now();
         let addressed = checks::envelope(envelope, body, self.settings.max_body_bytes)?;
-        let claim = self.claim(addressed.tenant, &envelope.batch_id).await?;
+        let budget = self.retry.for_message();
+        let claim = self
+            .claim(&budget, addressed.tenant, &envelope.batch_id)
+            .await?;
         let processed = self
-            .process_claimed(envelope, body, addressed, started_at)
+            .process_claimed(&budget, envelope, body, addressed, started_at)
             .await;
         claim.release(addressed.tenant, &envelope.batch_id).await;
         processed
     }
 
     /// Claims the batch for this delivery, waiting while another delivery holds it.
-    async fn claim(&self, tenant: &str, batch_id: &str) -> Result<batches::Claim, BatchError> {
-        let started = Instant::now();
+    async fn claim(
+        &self,
+        budget: &Budget<'_>,
+        tenant: &str,
+        batch_id: &str,
+    ) -> Result<batches::Claim, BatchError> {
         let mut waiting = false;
         loop {
-            let claim = self
-                .retry
+            let claim = budget
                 .run(|| batches::try_claim(&self.pool, tenant, batch_id))
                 .await?;
             if let Some(claim) = claim {
@@ -120,17 +126,19 @@ impl Ingest {
                 tracing::info!("another delivery of this batch is being processed; waiting for it");
                 waiting = true;
             }
-            if started.elapsed() > self.retry.budget {
-                return Err(BatchError::Failed(anyhow::anyhow!(
+            if budget.remaining().is_zero() {
+                return Err(BatchError::Contended(anyhow::anyhow!(
                     "another delivery of this batch held it for the whole retry budget"
                 )));
             }
             tokio::time::sleep(CLAIM_POLL).await;
+            budget.spend(CLAIM_POLL);
         }
     }
 
     async fn process_claimed(
         &self,
+        budget: &Budget<'_>,
         envelope: &Envelope,
         body: &[u8],
         checks::Addressed { tenant, dialect }: checks::Addressed<'_>,
@@ -142,8 +150,7 @@ impl Ingest {
             dialect: dialect.name().to_owned(),
             body_sha256: Sha256::digest(body).to_vec(),
         };
-        let recorded = self
-            .retry
+        let recorded = budget
             .run(|| batches::fingerprint(&self.pool, tenant, &envelope.batch_id))
             .await?;
         if recorded.is_some_and(|recorded| recorded != fingerprint) {
@@ -153,8 +160,7 @@ impl Ingest {
                  a new batch needs a new message_id",
             )));
         }
-        let stored = self
-            .retry
+        let stored = budget
             .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
             .await?;
         if let Some(stored) = stored {
@@ -185,17 +191,25 @@ impl Ingest {
         };
         let parsed = dialect.parse(text, limits)?;
         tracing::info!(records = parsed.len(), "batch read");
-        self.retry
+        budget
             .run(|| {
                 batches::record_fingerprint(&self.pool, tenant, &envelope.batch_id, &fingerprint)
             })
             .await?;
 
-        let parsed = keys::assign(self, tenant, &envelope.batch_id, dialect, text, parsed).await?;
-        let parsed = references::check(self, tenant, dialect, parsed).await?;
+        let parsed = keys::assign(
+            self,
+            budget,
+            tenant,
+            &envelope.batch_id,
+            dialect,
+            text,
+            parsed,
+        )
+        .await?;
+        let parsed = references::check(self, budget, tenant, dialect, parsed).await?;
         // What an earlier delivery of this batch applied before it stopped, found by key.
-        let (recorded, next_chunk) = self
-            .retry
+        let (recorded, next_chunk) = budget
             .run(|| batches::recorded_results(&self.pool, tenant, &envelope.batch_id))
             .await?;
         let (rows, outline) = apply::prepare(&parsed, &recorded);
@@ -204,6 +218,7 @@ impl Ingest {
         let kept = dialect.renders_customers().then_some(parsed);
         let records = apply::apply(
             self,
+            budget,
             apply::Batch {
                 tenant,
                 batch_id: &envelope.batch_id,
@@ -252,8 +267,7 @@ impl Ingest {
             finished_at: Utc::now(),
             part: Default::default(),
         };
-        let stored = self
-            .retry
+        let stored = budget
             .run(|| {
                 batches::complete(
                     &self.pool,

@@ -9,12 +9,14 @@ use crate::dialect::Dialect;
 use crate::model::{Customer, FieldError, ParsedRecord, ReferenceTarget};
 use crate::store::customers;
 
+use super::retry::Budget;
 use super::{BatchError, Ingest};
 
 /// Fails the records that name a customer the tenant does not have, and lets the dialect complete
 /// the others with the customers they name by id.
 pub(super) async fn check(
     ingest: &Ingest,
+    budget: &Budget<'_>,
     tenant: &str,
     dialect: &dyn Dialect,
     mut parsed: Vec<ParsedRecord>,
@@ -29,12 +31,10 @@ pub(super) async fn check(
             }
         }
     }
-    let stored_keys: HashSet<String> = ingest
-        .retry
+    let stored_keys: HashSet<String> = budget
         .run(|| customers::existing_keys(&ingest.pool, tenant, &keys))
         .await?;
-    let by_id: HashMap<Uuid, Customer> = ingest
-        .retry
+    let by_id: HashMap<Uuid, Customer> = budget
         .run(|| customers::by_ids(&ingest.pool, tenant, &ids))
         .await?
         .into_iter()

@@ -1,6 +1,9 @@
-//! Transient database errors are retried with jittered backoff while the message stays unacknowledged.
+//! Transient database errors are retried with jittered backoff while the message stays
+//! unacknowledged, for one budget per message: however many steps a message takes, it is held for
+//! retries at most `database.retry_budget_secs` in all before it is given back.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use backon::Retryable;
 
@@ -8,8 +11,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store;
 
-/// Runs database steps under the retry budget, counting retries and keeping readiness in step with
-/// whether Postgres can be reached.
+/// How database steps are retried, and where retries are counted.
 pub(super) struct Retry {
     pub budget: Duration,
     pub metrics: Metrics,
@@ -17,26 +19,67 @@ pub(super) struct Retry {
 }
 
 impl Retry {
-    /// Runs a database step, retrying transient errors for up to the retry budget.
+    /// A fresh budget for one message.
+    pub fn for_message(&self) -> Budget<'_> {
+        Budget {
+            retry: self,
+            spent: Mutex::new(Duration::ZERO),
+        }
+    }
+}
+
+/// The retry time one message has left. Every step of the message draws on it.
+pub(super) struct Budget<'a> {
+    retry: &'a Retry,
+    spent: Mutex<Duration>,
+}
+
+impl Budget<'_> {
+    /// The retry time left.
+    pub fn remaining(&self) -> Duration {
+        self.retry
+            .budget
+            .saturating_sub(*self.spent.lock().unwrap())
+    }
+
+    /// Counts `time` spent waiting (on a failed attempt, or on another delivery) against the budget.
+    pub fn spend(&self, time: Duration) {
+        *self.spent.lock().unwrap() += time;
+    }
+
+    /// Runs a database step, retrying transient errors while the message's budget lasts, and keeps
+    /// readiness in step with whether Postgres can be reached. The time of a step that needed a retry
+    /// counts against the budget, its failed attempts included (an attempt that waited out the lock
+    /// timeout spent that wait).
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, sqlx::Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
+        let started = Instant::now();
+        let mut retried = false;
         let result = op
-            .retry(store::retry_policy(self.budget))
+            .retry(store::retry_policy(self.remaining()))
             .when(store::is_transient)
             .notify(|error, delay| {
+                retried = true;
                 let label = store::retry_label(error);
-                self.metrics.db_retries.with_label_values(&[&label]).inc();
+                self.retry
+                    .metrics
+                    .db_retries
+                    .with_label_values(&[&label])
+                    .inc();
                 if store::is_unreachable(error) {
-                    self.health.set_database(false);
+                    self.retry.health.set_database(false);
                 }
                 tracing::warn!(sqlstate = %label, error = %error, retry_in = ?delay, "transient database error; retrying");
             })
             .await;
+        if retried || result.is_err() {
+            self.spend(started.elapsed());
+        }
         if result.is_ok() {
-            self.health.set_database(true);
+            self.retry.health.set_database(true);
         }
         result
     }

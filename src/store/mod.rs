@@ -129,6 +129,15 @@ pub fn is_unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the error is a conflict with other transactions (`40001` serialization failure, `40P01`
+/// deadlock, `55P03` lock not available): Postgres is up, another transaction is in the way.
+pub fn is_contention(error: &sqlx::Error) -> bool {
+    matches!(
+        sqlstate(error).as_deref(),
+        Some("40001" | "40P01" | "55P03")
+    )
+}
+
 /// The label a retried error is counted under in `db_retries_total`.
 pub fn retry_label(error: &sqlx::Error) -> String {
     sqlstate(error).unwrap_or_else(|| "connection".to_owned())

@@ -5,6 +5,7 @@
 
 mod add_with_accounts;
 mod cli;
+mod contention;
 mod customers_v1;
 mod disruptive;
 mod dlq;
