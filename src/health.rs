@@ -15,6 +15,8 @@ pub struct Health {
 struct Inner {
     database: watch::Sender<bool>,
     broker: AtomicBool,
+    /// Whether the worker has a channel to publish replies, dead letters and events on.
+    publishing: AtomicBool,
     metrics: Metrics,
 }
 
@@ -24,13 +26,16 @@ impl Health {
             inner: Arc::new(Inner {
                 database: watch::Sender::new(true),
                 broker: AtomicBool::new(false),
+                publishing: AtomicBool::new(false),
                 metrics,
             }),
         }
     }
 
     pub fn ready(&self) -> bool {
-        self.database_available() && self.inner.broker.load(Ordering::Relaxed)
+        self.database_available()
+            && self.inner.broker.load(Ordering::Relaxed)
+            && self.inner.publishing.load(Ordering::Relaxed)
     }
 
     pub fn database_available(&self) -> bool {
@@ -64,6 +69,12 @@ impl Health {
 
     pub fn set_broker(&self, connected: bool) {
         self.inner.broker.store(connected, Ordering::Relaxed);
+    }
+
+    /// Records whether replies, dead letters and events can be published: a message taken while
+    /// they cannot would only be applied and handed back.
+    pub fn set_publishing(&self, possible: bool) {
+        self.inner.publishing.store(possible, Ordering::Relaxed);
     }
 
     /// Resolves once Postgres is reachable.

@@ -34,7 +34,7 @@ pub struct Supervisor {
 /// closing it would hand every message in hand back to the broker, unacknowledged, as a delivery
 /// spent.
 pub struct Stopped {
-    session: Option<(lapin::Connection, lapin::Channel)>,
+    session: Option<(Arc<lapin::Connection>, lapin::Channel)>,
 }
 
 impl Stopped {
@@ -80,9 +80,9 @@ impl Supervisor {
         tracker: &TaskTracker,
         permits: &Arc<Semaphore>,
         sessions: &mut u64,
-    ) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+    ) -> anyhow::Result<(Arc<lapin::Connection>, lapin::Channel)> {
         let connection = tokio::select! {
-            connection = connect(self.settings.url(), "customer-ingest") => connection?,
+            connection = connect(self.settings.url(), "customer-ingest") => Arc::new(connection?),
             () = stop.cancelled() => bail!("stopped before RabbitMQ was reached"),
         };
         let channel = connection
@@ -96,9 +96,13 @@ impl Supervisor {
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await
             .context("setting the prefetch")?;
-        let publisher = Publisher::open(&connection)
-            .await?
-            .with_patience(self.settings.recovery_timeout());
+        let publisher = Publisher::reopening(
+            connection.clone(),
+            self.settings.clone(),
+            self.health.clone(),
+        )
+        .await?
+        .with_patience(self.settings.recovery_timeout());
         self.publisher.send_replace(Some(publisher.clone()));
         let mut consumer = self.start_consumer(&channel).await?;
         self.health.set_broker(true);

@@ -1,11 +1,16 @@
 //! Publishing with publisher confirms: a message counts as sent only once the broker has confirmed it.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use lapin::{Confirmation, PublisherConfirm};
+
+use super::topology;
+use crate::config::AmqpSettings;
+use crate::health::Health;
 
 /// One message to publish.
 pub struct Outgoing<'a> {
@@ -28,10 +33,21 @@ pub enum Delivered {
 /// A channel in confirm mode. Cloning shares the channel.
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    channel: Arc<Mutex<Channel>>,
+    /// How a channel the broker closed is replaced; `None` for a publisher that gives up instead.
+    reopen: Option<Arc<Reopen>>,
     /// Bounds both the wait for the connection to recover and the wait for confirms: a confirm
     /// owed by a connection that is gone may never arrive.
     patience: Duration,
+}
+
+/// What the worker's publisher needs to replace a channel the broker closed.
+struct Reopen {
+    connection: Arc<Connection>,
+    topology: AmqpSettings,
+    health: Health,
+    /// One reopening at a time: the publishes that failed together get one new channel.
+    reopening: tokio::sync::Mutex<()>,
 }
 
 const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
@@ -40,19 +56,68 @@ const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
 const RECOVERY_ATTEMPTS: usize = 3;
 
 impl Publisher {
+    /// A publisher on a new channel of `connection`. A channel the broker closes ends it: every
+    /// later publish fails.
     pub async fn open(connection: &Connection) -> anyhow::Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a publishing channel")?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
         Ok(Self {
-            channel,
+            channel: Arc::new(Mutex::new(confirming_channel(connection).await?)),
+            reopen: None,
             patience: DEFAULT_PATIENCE,
         })
+    }
+
+    /// The worker's publisher: a channel the broker closes (a publish to a deleted exchange, a
+    /// message over the broker's size limit) is replaced by a new one, after the topology is
+    /// declared again, and `health` reports not ready while no channel can be opened.
+    pub async fn reopening(
+        connection: Arc<Connection>,
+        topology: AmqpSettings,
+        health: Health,
+    ) -> anyhow::Result<Self> {
+        let channel = confirming_channel(&connection).await?;
+        health.set_publishing(true);
+        Ok(Self {
+            channel: Arc::new(Mutex::new(channel)),
+            reopen: Some(Arc::new(Reopen {
+                connection,
+                topology,
+                health,
+                reopening: tokio::sync::Mutex::new(()),
+            })),
+            patience: DEFAULT_PATIENCE,
+        })
+    }
+
+    fn channel(&self) -> Channel {
+        self.channel.lock().unwrap().clone()
+    }
+
+    /// Replaces `failed` if the broker closed it while the connection is up; returns whether a
+    /// publish can be tried again on a new channel. A channel that fails because the connection is
+    /// gone is left to lapin's recovery.
+    async fn replace_closed(&self, failed: &Channel) -> anyhow::Result<bool> {
+        let Some(reopen) = &self.reopen else {
+            return Ok(false);
+        };
+        let status = failed.status();
+        if status.connected() || status.reconnecting() || !reopen.connection.status().connected() {
+            return Ok(false);
+        }
+        let _one_at_a_time = reopen.reopening.lock().await;
+        if self.channel().id() != failed.id() {
+            // Another publish has replaced it meanwhile.
+            return Ok(true);
+        }
+        reopen.health.set_publishing(false);
+        tracing::warn!("the broker closed the publishing channel; opening a new one");
+        let channel = confirming_channel(&reopen.connection).await?;
+        topology::declare(&channel, &reopen.topology)
+            .await
+            .context("declaring queues and exchanges again")?;
+        *self.channel.lock().unwrap() = channel;
+        reopen.health.set_publishing(true);
+        tracing::info!("publishing channel reopened and topology declared again");
+        Ok(true)
     }
 
     /// How long a publish waits for recovery or confirms before it fails.
@@ -73,15 +138,20 @@ impl Publisher {
     pub async fn publish_all(&self, messages: &[Outgoing<'_>]) -> anyhow::Result<Vec<Delivered>> {
         let mut attempt = 0;
         loop {
-            let attempted = tokio::time::timeout(self.patience, self.try_publish_all(messages))
-                .await
-                .map_err(|_| anyhow!("no publisher confirm within {:?}", self.patience))?;
+            let channel = self.channel();
+            let attempted =
+                tokio::time::timeout(self.patience, try_publish_all(&channel, messages))
+                    .await
+                    .map_err(|_| anyhow!("no publisher confirm within {:?}", self.patience))?;
             match attempted {
                 Ok(confirmations) => return confirmations.into_iter().map(delivered).collect(),
                 Err(error) if attempt < RECOVERY_ATTEMPTS => {
                     attempt += 1;
+                    if self.replace_closed(&channel).await? {
+                        continue;
+                    }
                     tracing::warn!(error = %error, "publish failed; waiting for the connection to recover");
-                    tokio::time::timeout(self.patience, self.channel.wait_for_recovery(error))
+                    tokio::time::timeout(self.patience, channel.wait_for_recovery(error))
                         .await
                         .map_err(|_| {
                             anyhow!(
@@ -95,31 +165,45 @@ impl Publisher {
             }
         }
     }
+}
 
-    async fn try_publish_all(&self, messages: &[Outgoing<'_>]) -> lapin::Result<Vec<Confirmation>> {
-        let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(messages.len());
-        for message in messages {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: message.mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    message.body,
-                    message.properties.clone(),
-                )
-                .await?;
-            confirms.push(confirm);
-        }
-        let mut confirmations = Vec::with_capacity(confirms.len());
-        for confirm in confirms {
-            confirmations.push(confirm.await?);
-        }
-        Ok(confirmations)
+async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a publishing channel")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("enabling publisher confirms")?;
+    Ok(channel)
+}
+
+async fn try_publish_all(
+    channel: &Channel,
+    messages: &[Outgoing<'_>],
+) -> lapin::Result<Vec<Confirmation>> {
+    let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(messages.len());
+    for message in messages {
+        let confirm = channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: message.mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                message.body,
+                message.properties.clone(),
+            )
+            .await?;
+        confirms.push(confirm);
     }
+    let mut confirmations = Vec::with_capacity(confirms.len());
+    for confirm in confirms {
+        confirmations.push(confirm.await?);
+    }
+    Ok(confirmations)
 }
 
 fn delivered(confirmation: Confirmation) -> anyhow::Result<Delivered> {

@@ -28,7 +28,7 @@ pub struct TestApp {
     pub http: SocketAddr,
     pub pool: PgPool,
     pub channel: Channel,
-    connection: Connection,
+    pub connection: Connection,
     replies: Consumer,
     events: Consumer,
     events_queue: String,
