@@ -67,6 +67,9 @@ pub struct PipelineSettings {
     pub max_body_bytes: usize,
     pub max_records: usize,
     pub reply_records_per_message: usize,
+    /// Largest reply message body: a reply is split into parts by this as well as by
+    /// `reply_records_per_message`, far below the broker's maximum message size.
+    pub reply_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -199,6 +202,10 @@ impl Settings {
                 self.pipeline.reply_records_per_message == 0,
                 "pipeline.reply_records_per_message must be at least 1",
             ),
+            (
+                self.pipeline.reply_max_bytes < 16 * 1024,
+                "pipeline.reply_max_bytes must be at least 16384",
+            ),
             (self.amqp.prefetch == 0, "amqp.prefetch must be at least 1"),
             (
                 self.amqp.delivery_limit == 0,
@@ -313,6 +320,7 @@ mod tests {
         max_body_bytes = 1000
         max_records = 99
         reply_records_per_message = 9
+        reply_max_bytes = 65536
         [relay]
         batch_size = 5
         poll_interval_ms = 250

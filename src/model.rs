@@ -215,12 +215,32 @@ impl FieldError {
     /// A field's error. Control characters in the field's name or the message (which may quote what
     /// the producer sent) are written out as escapes: the error is stored as JSON in Postgres, which
     /// refuses a NUL, and goes back to the producer as text.
+    ///
+    /// Both are cut short at [`MAX_ERROR_FIELD_CHARS`] and [`MAX_ERROR_MESSAGE_CHARS`]: a field name
+    /// or a quoted value may be as long as the body, and it is echoed in the reply.
     pub fn new(field: impl Into<String>, code: FieldCode, message: impl Into<String>) -> Self {
         Self {
-            field: escape_controls(field.into()),
+            field: cut_short(escape_controls(field.into()), MAX_ERROR_FIELD_CHARS),
             code,
-            message: escape_controls(message.into()),
+            message: cut_short(escape_controls(message.into()), MAX_ERROR_MESSAGE_CHARS),
         }
+    }
+}
+
+/// Longest field name a [`FieldError`] echoes.
+pub const MAX_ERROR_FIELD_CHARS: usize = 200;
+/// Longest message a [`FieldError`] carries.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 1_000;
+
+/// `text` cut to at most `max` characters, the last of them `…` when it was longer.
+pub fn cut_short(text: String, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((end, _)) if text[end..].chars().nth(1).is_some() => {
+            let mut cut = text[..end].to_owned();
+            cut.push('…');
+            cut
+        }
+        _ => text,
     }
 }
 
@@ -348,6 +368,14 @@ impl Counts {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_longer_than_the_limit_ends_in_an_ellipsis_within_it() {
+        assert_eq!(cut_short("abc".into(), 3), "abc");
+        assert_eq!(cut_short("abcd".into(), 3), "ab…");
+        assert_eq!(cut_short("ééééé".into(), 4), "ééé…");
+        assert_eq!(cut_short(String::new(), 3), "");
+    }
+
     use super::*;
 
     fn result(action: Action) -> RecordResult {

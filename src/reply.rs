@@ -71,37 +71,69 @@ impl Reply {
         }
     }
 
-    /// Splits the reply into messages of at most `records_per_message` records each, so that a reply to
-    /// a 100,000-record batch stays far below the broker's maximum message size while still carrying
-    /// every record's id and outcome. Each part re-renders the dialect response for its own records.
-    pub fn into_parts(self, records_per_message: usize) -> Vec<Reply> {
-        if self.records.len() <= records_per_message {
-            return vec![Reply {
-                part: Part::default(),
-                ..self
-            }];
+    /// Splits the reply into messages of at most `records_per_message` records and `max_bytes` bytes
+    /// each, so that a reply to a 100,000-record batch stays far below the broker's maximum message
+    /// size while still carrying every record's id and outcome. Each part re-renders the dialect
+    /// response for its own records. Returns every part with its body.
+    pub fn into_parts(
+        self,
+        records_per_message: usize,
+        max_bytes: usize,
+    ) -> serde_json::Result<Vec<(Reply, Vec<u8>)>> {
+        let single = Reply {
+            part: Part::default(),
+            ..self
+        };
+        if single.records.len() <= records_per_message {
+            let body = serde_json::to_vec(&single)?;
+            if body.len() <= max_bytes || single.records.len() <= 1 {
+                return Ok(vec![(single, body)]);
+            }
         }
-        let dialect = self.dialect.as_deref().and_then(dialect::find);
-        let count = self.records.len().div_ceil(records_per_message);
-        let mut template = self;
+        let dialect = single.dialect.as_deref().and_then(dialect::find);
+        let mut template = single;
         let records = std::mem::take(&mut template.records);
         let response = std::mem::take(&mut template.response);
-        (0..count)
-            .map(|i| {
-                let range =
-                    i * records_per_message..((i + 1) * records_per_message).min(records.len());
-                (i, range)
-            })
-            .map(|(i, range)| Reply {
-                records: records[range.clone()].to_vec(),
-                response: dialect
-                    .map(|d| d.slice_response(&response, &records, range))
-                    .unwrap_or(serde_json::Value::Null),
-                part: Part {
-                    index: i + 1,
-                    count,
-                },
-                ..template.clone_without_records()
+        let part = |range: std::ops::Range<usize>| Reply {
+            records: records[range.clone()].to_vec(),
+            response: dialect
+                .map(|d| d.slice_response(&response, &records, range))
+                .unwrap_or(serde_json::Value::Null),
+            ..template.clone_without_records()
+        };
+        // Ranges of records, halved until each part fits; numbered once their number is known.
+        // The room left for the part's own numbers is kept free.
+        let fits = max_bytes.saturating_sub(64);
+        let mut pending: Vec<std::ops::Range<usize>> = (0..records.len())
+            .step_by(records_per_message)
+            .map(|start| start..(start + records_per_message).min(records.len()))
+            .rev()
+            .collect();
+        let mut parts = Vec::new();
+        while let Some(range) = pending.pop() {
+            let reply = part(range.clone());
+            if range.len() > 1 && serde_json::to_vec(&reply)?.len() > fits {
+                let middle = range.start + range.len() / 2;
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+                continue;
+            }
+            parts.push(reply);
+        }
+        let count = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, reply)| {
+                let reply = Reply {
+                    part: Part {
+                        index: i + 1,
+                        count,
+                    },
+                    ..reply
+                };
+                let body = serde_json::to_vec(&reply)?;
+                Ok((reply, body))
             })
             .collect()
     }
@@ -158,7 +190,12 @@ mod tests {
 
     #[test]
     fn a_small_reply_is_one_part() {
-        let parts = reply_with(3).into_parts(10);
+        let parts: Vec<Reply> = reply_with(3)
+            .into_parts(10, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|(part, _)| part)
+            .collect();
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].part, Part { index: 1, count: 1 });
         assert_eq!(parts[0].records.len(), 3);
@@ -166,7 +203,12 @@ mod tests {
 
     #[test]
     fn a_large_reply_is_split_and_every_record_appears_once() {
-        let parts = reply_with(25).into_parts(10);
+        let parts: Vec<Reply> = reply_with(25)
+            .into_parts(10, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|(part, _)| part)
+            .collect();
         assert_eq!(parts.len(), 3);
         let indexes: Vec<usize> = parts
             .iter()
@@ -176,5 +218,22 @@ mod tests {
         assert_eq!(parts[2].part, Part { index: 3, count: 3 });
         assert_eq!(parts[2].counts.total, 25);
         assert_eq!(parts[2].response["successful"].as_array().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_reply_over_the_byte_limit_is_split_until_every_part_fits() {
+        let parts = reply_with(100).into_parts(1_000, 4_096).unwrap();
+        assert!(parts.len() > 1);
+        for (part, body) in &parts {
+            assert!(body.len() <= 4_096, "a part of {} bytes", body.len());
+            assert_eq!(serde_json::to_vec(part).unwrap(), *body);
+        }
+        let indexes: Vec<usize> = parts
+            .iter()
+            .flat_map(|(p, _)| p.records.iter().map(|r| r.index))
+            .collect();
+        assert_eq!(indexes, (0..100).collect::<Vec<_>>());
+        let numbers: Vec<usize> = parts.iter().map(|(p, _)| p.part.index).collect();
+        assert_eq!(numbers, (1..=parts.len()).collect::<Vec<_>>());
     }
 }

@@ -44,6 +44,7 @@ pub struct Inbound {
     ingest: Arc<Ingest>,
     amqp: AmqpSettings,
     reply_records_per_message: usize,
+    reply_max_bytes: usize,
     metrics: Metrics,
 }
 
@@ -58,6 +59,7 @@ impl Inbound {
             ingest,
             amqp,
             reply_records_per_message: pipeline.reply_records_per_message,
+            reply_max_bytes: pipeline.reply_max_bytes,
             metrics,
         }
     }
@@ -213,7 +215,7 @@ impl Inbound {
             .reply_to
             .as_deref()
             .unwrap_or(&self.amqp.results_queue);
-        let parts = replies::parts(reply, self.reply_records_per_message)
+        let parts = replies::parts(reply, self.reply_records_per_message, self.reply_max_bytes)
             .map_err(|error| Unfinished::Failed(anyhow::Error::new(error).context("the reply")))?;
         let messages: Vec<Outgoing> = parts
             .iter()

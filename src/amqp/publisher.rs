@@ -147,7 +147,15 @@ impl Publisher {
                 Ok(confirmations) => return confirmations.into_iter().map(delivered).collect(),
                 Err(error) if attempt < RECOVERY_ATTEMPTS => {
                     attempt += 1;
-                    if self.replace_closed(&channel).await? {
+                    // Bounded: a connection failing at the same moment may leave the new channel
+                    // waiting for a recovery that never comes.
+                    let replaced =
+                        tokio::time::timeout(self.patience, self.replace_closed(&channel))
+                            .await
+                            .map_err(|_| {
+                                anyhow!("no new publishing channel within {:?}", self.patience)
+                            })??;
+                    if replaced {
                         continue;
                     }
                     tracing::warn!(error = %error, "publish failed; waiting for the connection to recover");

@@ -7,16 +7,21 @@ use super::headers::{self, long_string};
 use super::publisher::json_properties;
 use crate::reply::Reply;
 
-/// The body and properties of every part of `reply`, at most `records_per_message` records each.
+/// The body and properties of every part of `reply`, at most `records_per_message` records and
+/// `max_bytes` bytes each.
 pub fn parts(
     reply: Reply,
     records_per_message: usize,
+    max_bytes: usize,
 ) -> serde_json::Result<Vec<(Vec<u8>, BasicProperties)>> {
-    reply
-        .into_parts(records_per_message)
-        .iter()
-        .map(|part| Ok((serde_json::to_vec(part)?, properties(part))))
-        .collect()
+    Ok(reply
+        .into_parts(records_per_message, max_bytes)?
+        .into_iter()
+        .map(|(part, body)| {
+            let properties = properties(&part);
+            (body, properties)
+        })
+        .collect())
 }
 
 fn properties(part: &Reply) -> BasicProperties {

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::model::{Customer, ParsedRecord, RecordResult};
 pub use crate::model::{FieldCode, RejectionCode};
+pub use text::{MAX_KEY_CHARS, MAX_TEXT_CHARS};
 
 /// Limits a dialect enforces while reading a body.
 #[derive(Debug, Clone, Copy)]

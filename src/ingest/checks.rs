@@ -1,8 +1,9 @@
 //! What is checked of a message before its body is parsed: its size, its tenant, its dialect, that it
 //! is UTF-8 and how deeply it is nested. A message failing any of them is rejected whole.
 
-use crate::codes::RejectionCode;
+use crate::codes::{FieldCode, RejectionCode};
 use crate::dialect::{self, Dialect, Rejection};
+use crate::model::{FieldError, ParsedRecord, cut_short};
 
 use super::Envelope;
 
@@ -132,6 +133,36 @@ pub fn check_nesting(body: &str) -> Result<(), Rejection> {
         }
     }
     Ok(())
+}
+
+/// Fails every record whose key is longer than [`dialect::MAX_KEY_CHARS`], and cuts every key the
+/// reply echoes to that length: a dialect reads the key of a record it cannot decode as it comes,
+/// and a key as long as the body, echoed in the records and in the response, would make a reply
+/// larger than the broker takes.
+pub(super) fn bound_keys(parsed: &mut [ParsedRecord]) {
+    for record in parsed {
+        let Some(key) = &record.key else { continue };
+        if key.chars().nth(dialect::MAX_KEY_CHARS).is_none() {
+            continue;
+        }
+        let cut = cut_short(key.clone(), dialect::MAX_KEY_CHARS + 1);
+        let too_long = FieldError::new(
+            "key",
+            FieldCode::TooLong,
+            format!(
+                "the record's key is longer than {} characters",
+                dialect::MAX_KEY_CHARS
+            ),
+        );
+        match &mut record.customer {
+            Ok(_) => record.customer = Err(vec![too_long]),
+            Err(errors) if !errors.iter().any(|e| e.code == FieldCode::TooLong) => {
+                errors.push(too_long)
+            }
+            Err(_) => {}
+        }
+        record.key = Some(cut);
+    }
 }
 
 fn dialect_names() -> String {

@@ -189,7 +189,8 @@ impl Ingest {
         let limits = Limits {
             max_records: self.settings.max_records,
         };
-        let parsed = dialect.parse(text, limits)?;
+        let mut parsed = dialect.parse(text, limits)?;
+        checks::bound_keys(&mut parsed);
         tracing::info!(records = parsed.len(), "batch read");
         budget
             .run(|| {

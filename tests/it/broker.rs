@@ -69,3 +69,69 @@ async fn a_channel_closed_by_the_broker_is_reopened_and_the_topology_declared_ag
     assert!(ready.status().is_success());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_record_with_a_huge_key_is_answered_with_the_key_cut_short() {
+    let mut app = TestApp::spawn().await;
+    let huge_key = "K".repeat(4 * 1024 * 1024);
+    let body = serde_json::to_vec(&serde_json::json!([
+        {"customerID": huge_key, "customerName": "Big", "priceZone": "not a number"},
+        {"customerID": "ok-1", "customerName": "Fine"},
+    ]))
+    .unwrap();
+    app.publish(Message::upsert(&body, "acme", "huge-key"))
+        .await;
+    let (reply, _) = app.next_reply().await;
+    let size = serde_json::to_vec(&reply).unwrap().len();
+    assert!(size < 16 * 1024, "a reply of {size} bytes");
+    assert_eq!(reply["counts"]["failed"], 1);
+    assert_eq!(reply["counts"]["created"], 1);
+    let echoed = reply["records"][0]["key"].as_str().unwrap();
+    assert!(echoed.chars().count() <= 101, "{echoed}");
+    assert!(
+        echoed.starts_with("KKKK") && echoed.ends_with('…'),
+        "{echoed}"
+    );
+    let codes: Vec<&str> = reply["records"][0]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"too_long"), "{codes:?}");
+    app.events(1).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_is_split_into_parts_by_size_as_well_as_by_records() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.pipeline.reply_records_per_message = 10_000;
+        s.pipeline.reply_max_bytes = 32 * 1024;
+    })
+    .await;
+    let body = customers_body("K", 1_000, "Customer");
+    app.publish(Message::upsert(&body, "acme", "many")).await;
+    let mut keys = std::collections::HashSet::new();
+    let (first, properties) = app.next_reply().await;
+    let parts = first["part"]["count"].as_u64().unwrap();
+    assert!(
+        parts > 1,
+        "one part of {} bytes",
+        serde_json::to_vec(&first).unwrap().len()
+    );
+    let mut replies = vec![(first, properties)];
+    for _ in 1..parts {
+        replies.push(app.next_reply().await);
+    }
+    for (reply, _) in &replies {
+        let size = serde_json::to_vec(reply).unwrap().len();
+        assert!(size <= 32 * 1024, "a part of {size} bytes");
+        for record in reply["records"].as_array().unwrap() {
+            keys.insert(record["key"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(keys.len(), 1_000);
+    app.events(1_000).await;
+    app.stop().await;
+}
