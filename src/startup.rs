@@ -67,14 +67,17 @@ impl Application {
         } = self;
         let relay_wakeup = Arc::new(Notify::new());
         let (publisher_tx, publisher_rx) = watch::channel(None);
-        let ingest = Arc::new(Ingest::new(
-            pool.clone(),
-            settings.pipeline.clone(),
-            settings.database.retry_budget(),
-            metrics.clone(),
-            health.clone(),
-            relay_wakeup.clone(),
-        ));
+        let ingest = Arc::new(
+            Ingest::new(
+                pool.clone(),
+                settings.pipeline.clone(),
+                settings.database.retry_budget(),
+                metrics.clone(),
+                health.clone(),
+                relay_wakeup.clone(),
+            )
+            .with_auth(settings.auth.clone()),
+        );
         let inbound = Arc::new(Inbound::new(
             ingest,
             settings.amqp.clone(),
