@@ -496,6 +496,39 @@ mod tests {
     }
 
     #[test]
+    fn user_id_mode_needs_users_with_valid_tenant_names_which_a_variable_can_carry() {
+        let load = |pairs: &[(&str, &str)]| {
+            let variables = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::load_from(None, Some(variables)).map_err(|e| format!("{e:#}"))
+        };
+        let mode = ("INGEST__AUTH__MODE", "user-id");
+        let error = load(&[mode]).unwrap_err();
+        assert!(error.contains("auth.tenants"), "{error}");
+        let error = load(&[mode, ("INGEST__AUTH__TENANTS", r#"{"erp": ["a b"]}"#)]).unwrap_err();
+        assert!(
+            error.contains("auth.tenants.erp") && error.contains("a b"),
+            "{error}"
+        );
+        let error = load(&[mode, ("INGEST__AUTH__TENANTS", "erp=acme")]).unwrap_err();
+        assert!(error.contains("auth.tenants"), "{error}");
+        let settings = load(&[
+            mode,
+            (
+                "INGEST__AUTH__TENANTS",
+                r#"{"ERP Prod": ["acme", "globex"]}"#,
+            ),
+        ])
+        .unwrap();
+        assert!(settings.auth.allows("ERP Prod", "globex"));
+        assert!(!settings.auth.allows("erp prod", "globex"));
+        assert!(!settings.auth.allows("ERP Prod", "initech"));
+        assert_eq!(Settings::load(None).unwrap().auth.mode, AuthMode::Open);
+    }
+
+    #[test]
     fn an_unknown_setting_starts_nothing_and_names_the_key() {
         let variables = [("INGEST__PIPELINE__CHUNK_SIZ".to_owned(), "10".to_owned())]
             .into_iter()

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use customer_ingest::amqp::headers::header_str;
+use customer_ingest::amqp::connection::user_of;
+use customer_ingest::amqp::headers::{AUTHENTICATED_USER, header_str};
 use customer_ingest::config::{AuthMode, Settings};
 use lapin::options::ConfirmSelectOptions;
 use lapin::uri::AMQPUri;
@@ -198,6 +199,17 @@ async fn a_user_writes_its_own_tenant_but_not_anothers_and_never_sees_anothers_b
             header_str(letter.properties.headers(), "error-code"),
             Some("forbidden_tenant")
         );
+        // The service published the copy as itself; the broker would have refused Bob's user_id
+        // on its connection. Who sent it stays on the copy.
+        let service = user_of(app.settings.amqp.url());
+        assert_eq!(
+            letter.properties.user_id().as_ref().unwrap().as_str(),
+            service
+        );
+        assert_eq!(
+            header_str(letter.properties.headers(), AUTHENTICATED_USER),
+            Some(bob.name.as_str())
+        );
     }
 
     // Bob's own tenant with Alice's batch id is Bob's own batch: tenants scope batch ids.
@@ -266,4 +278,48 @@ async fn a_user_id_that_is_not_the_connections_user_is_refused_by_the_broker_and
 
     app.stop().await;
     drop((alice, bob));
+}
+
+#[tokio::test]
+async fn a_dead_letter_replayed_with_the_services_settings_is_applied_as_its_producers() {
+    crate::helpers::failpoints_compiled_in();
+    fail::cfg("batch-poison", "return(poisoned-once)").unwrap();
+    let alice = RabbitUser::create("a").await;
+    let mut app = TestApp::spawn_with(|s| {
+        s.amqp.delivery_limit = 1;
+        user_id_mode(s, &[(alice.name.as_str(), &["acme"])]);
+    })
+    .await;
+    let body = customers_body("R", 2, "Replayed");
+    app.publish_on(
+        &alice.channel,
+        alice.message(&body, "acme", "poisoned-once"),
+    )
+    .await
+    .unwrap();
+    let (reply, _) = app.next_reply().await;
+    assert_eq!(error_code(&reply), "processing_failed", "{reply}");
+    fail::remove("batch-poison");
+
+    let settings = app.settings.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customer-ingest"))
+            .args(["dlq", "replay", "--id", "poisoned-once"])
+            .envs(settings.to_env())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let (reply, _) = app.next_reply().await;
+    assert_eq!(reply["status"], "completed", "{reply}");
+    assert_eq!(app.customer_count("acme").await, 2);
+    app.stop().await;
+    drop(alice);
 }
