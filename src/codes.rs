@@ -47,6 +47,10 @@ codes! {
         InvalidMessageId => "invalid_message_id",
         /// The tenant used this `message_id` before for another body or dialect.
         MessageIdReused => "message_id_reused",
+        /// `auth.mode` is `user-id` and the message has no `user_id` property.
+        MissingUserId => "missing_user_id",
+        /// `auth.mode` is `user-id` and the message's user may not write to its tenant.
+        ForbiddenTenant => "forbidden_tenant",
         /// The message has no `type` property.
         MissingType => "missing_type",
         /// The `type` property names no dialect.

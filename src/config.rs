@@ -2,6 +2,7 @@
 //! `INGEST__SECTION__KEY` environment variables. [`Settings::to_env`] writes settings back as those
 //! variables, for a child process.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub dlq: DlqSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -109,6 +111,65 @@ pub struct ShutdownSettings {
 #[serde(deny_unknown_fields)]
 pub struct DlqSettings {
     pub max_replays: u32,
+}
+
+/// Who may write to which tenant. See [`AuthMode`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// Each AMQP user and the tenants it may write. Read from a table of lists in a settings file,
+    /// or from one variable holding the same as a JSON object
+    /// (`INGEST__AUTH__TENANTS='{"erp-prod": ["acme", "globex"]}'`): variable names are
+    /// lowercased and cannot hold every user name, a value can. Serialized as that JSON text, so
+    /// that [`Settings::to_env`] can hand it on.
+    #[serde(
+        serialize_with = "tenants_as_json",
+        deserialize_with = "tenants_from_table_or_json"
+    )]
+    pub tenants: BTreeMap<String, Vec<String>>,
+}
+
+/// Whose word a message's tenant is taken on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// The `tenant` header is believed as sent: anyone who can publish to the ingest queue writes
+    /// to any tenant. For an install with a single producer; the service warns of it at start-up.
+    #[default]
+    Open,
+    /// Every message carries the AMQP `user_id` property, which RabbitMQ checks equals the
+    /// publishing connection's user, and may write only the tenants `auth.tenants` lists for that
+    /// user.
+    UserId,
+}
+
+fn tenants_as_json<S: serde::Serializer>(
+    tenants: &BTreeMap<String, Vec<String>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let text = serde_json::to_string(tenants).map_err(serde::ser::Error::custom)?;
+    serializer.serialize_str(&text)
+}
+
+fn tenants_from_table_or_json<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Tenants {
+        Table(BTreeMap<String, Vec<String>>),
+        Json(String),
+    }
+    match Tenants::deserialize(deserializer)? {
+        Tenants::Table(tenants) => Ok(tenants),
+        Tenants::Json(text) => serde_json::from_str(&text).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "auth.tenants must be a table of lists, or a JSON object of lists such as \
+                 {{\"erp-prod\": [\"acme\"]}}: {error}"
+            ))
+        }),
+    }
 }
 
 impl Settings {
@@ -222,8 +283,39 @@ impl Settings {
         ];
         match checks.iter().find(|(failed, _)| *failed) {
             Some((_, message)) => anyhow::bail!("invalid configuration: {message}"),
-            None => Ok(()),
+            None => self.auth.validate(),
         }
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        // Without a single user, user-id mode would refuse every message.
+        anyhow::ensure!(
+            self.mode == AuthMode::Open || !self.tenants.is_empty(),
+            "invalid configuration: auth.mode \"user-id\" needs auth.tenants to name at least one \
+             user and its tenants"
+        );
+        for (user, tenants) in &self.tenants {
+            anyhow::ensure!(
+                !user.is_empty(),
+                "invalid configuration: auth.tenants has an empty user name"
+            );
+            if let Some(bad) = tenants.iter().find(|t| !crate::ingest::is_tenant_name(t)) {
+                anyhow::bail!(
+                    "invalid configuration: auth.tenants.{user} lists {bad:?}, which is not a \
+                     tenant name ([A-Za-z0-9_-], 1 to 64 characters)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `user` may write to `tenant`.
+    pub fn allows(&self, user: &str, tenant: &str) -> bool {
+        self.tenants
+            .get(user)
+            .is_some_and(|tenants| tenants.iter().any(|t| t == tenant))
     }
 }
 
@@ -333,6 +425,11 @@ mod tests {
         deadline_secs = 4
         [dlq]
         max_replays = 1
+        [auth]
+        mode = "user-id"
+        [auth.tenants]
+        "erp-prod" = ["acme", "globex"]
+        "Web Shop" = ["shop_1"]
     "#;
 
     fn from_toml(text: &str) -> Settings {
@@ -404,6 +501,39 @@ mod tests {
         );
         let error = load(&[("INGEST__DATABASE__MAX_CONNECTIONS", "4")]);
         assert!(error.contains("database.max_connections (4)"), "{error}");
+    }
+
+    #[test]
+    fn user_id_mode_needs_users_with_valid_tenant_names_which_a_variable_can_carry() {
+        let load = |pairs: &[(&str, &str)]| {
+            let variables = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::load_from(None, Some(variables)).map_err(|e| format!("{e:#}"))
+        };
+        let mode = ("INGEST__AUTH__MODE", "user-id");
+        let error = load(&[mode]).unwrap_err();
+        assert!(error.contains("auth.tenants"), "{error}");
+        let error = load(&[mode, ("INGEST__AUTH__TENANTS", r#"{"erp": ["a b"]}"#)]).unwrap_err();
+        assert!(
+            error.contains("auth.tenants.erp") && error.contains("a b"),
+            "{error}"
+        );
+        let error = load(&[mode, ("INGEST__AUTH__TENANTS", "erp=acme")]).unwrap_err();
+        assert!(error.contains("auth.tenants"), "{error}");
+        let settings = load(&[
+            mode,
+            (
+                "INGEST__AUTH__TENANTS",
+                r#"{"ERP Prod": ["acme", "globex"]}"#,
+            ),
+        ])
+        .unwrap();
+        assert!(settings.auth.allows("ERP Prod", "globex"));
+        assert!(!settings.auth.allows("erp prod", "globex"));
+        assert!(!settings.auth.allows("ERP Prod", "initech"));
+        assert_eq!(Settings::load(None).unwrap().auth.mode, AuthMode::Open);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::amqp::consumer::Supervisor;
 use crate::amqp::inbound::Inbound;
-use crate::config::Settings;
+use crate::config::{AuthMode, Settings};
 use crate::health::Health;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -32,6 +32,13 @@ pub struct Application {
 impl Application {
     /// Binds the HTTP port, creates the database if missing and applies migrations.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if settings.auth.mode == AuthMode::Open {
+            tracing::warn!(
+                "auth.mode is \"open\": a message's `tenant` header is taken as sent, so anyone who \
+                 can publish to the ingest queue writes to any tenant; unless one trusted producer \
+                 publishes, set auth.mode = \"user-id\" and list each user's tenants in auth.tenants"
+            );
+        }
         let listener = TcpListener::bind(settings.http.addr)
             .await
             .with_context(|| format!("binding http.addr {}", settings.http.addr))?;
@@ -67,14 +74,17 @@ impl Application {
         } = self;
         let relay_wakeup = Arc::new(Notify::new());
         let (publisher_tx, publisher_rx) = watch::channel(None);
-        let ingest = Arc::new(Ingest::new(
-            pool.clone(),
-            settings.pipeline.clone(),
-            settings.database.retry_budget(),
-            metrics.clone(),
-            health.clone(),
-            relay_wakeup.clone(),
-        ));
+        let ingest = Arc::new(
+            Ingest::new(
+                pool.clone(),
+                settings.pipeline.clone(),
+                settings.database.retry_budget(),
+                metrics.clone(),
+                health.clone(),
+                relay_wakeup.clone(),
+            )
+            .with_auth(settings.auth.clone()),
+        );
         let inbound = Arc::new(Inbound::new(
             ingest,
             settings.amqp.clone(),

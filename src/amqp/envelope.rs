@@ -3,11 +3,20 @@
 use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
 
-use super::headers::{self, header_str};
+use super::headers::{self, header_str, producer_user};
 use crate::ingest::Envelope;
 
 impl Envelope {
-    /// The envelope of an ingest message: its batch id, reply address, dialect and tenant.
+    /// The envelope of an ingest message as the service whose AMQP user is `service_user` receives
+    /// it: a copy it published itself (see [`headers::vouched`]) carries its producer's user.
+    pub fn read_by(properties: &BasicProperties, body: &[u8], service_user: &str) -> Self {
+        Envelope {
+            user_id: producer_user(properties, service_user),
+            ..Self::read(properties, body)
+        }
+    }
+
+    /// The envelope of an ingest message: its batch id, reply address, dialect, tenant and user.
     pub fn read(properties: &BasicProperties, body: &[u8]) -> Self {
         let text = |value: &Option<lapin::types::ShortString>| {
             value
@@ -26,6 +35,7 @@ impl Envelope {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned),
+            user_id: text(properties.user_id()),
         }
     }
 }

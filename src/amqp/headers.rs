@@ -35,6 +35,9 @@ pub const BATCH_ID: &str = "batch_id";
 pub const STATUS: &str = "status";
 pub const PART: &str = "part";
 pub const PARTS: &str = "parts";
+/// Header on a copy of a producer's message that this service published (a dead letter, an outage
+/// copy, a replay): the producer's user, whose `user_id` the copy cannot carry (see [`vouched`]).
+pub const AUTHENTICATED_USER: &str = "authenticated-user";
 /// Header on an event: the customer it is about.
 pub const CUSTOMER_ID: &str = "customer_id";
 
@@ -121,5 +124,82 @@ impl ProducerMessage<'_> {
             properties = properties.with_reply_to(reply_to.into());
         }
         properties
+    }
+}
+
+/// The AMQP user that published a producer's message, as the broker vouches for it. RabbitMQ refuses
+/// a publish whose `user_id` is not the connection's user, so `user_id` names the publisher; on a copy
+/// published by `service_user` itself (see [`vouched`]) the producer's user is in
+/// [`AUTHENTICATED_USER`], a header believed on no other message.
+pub fn producer_user(properties: &BasicProperties, service_user: &str) -> Option<String> {
+    let user_id = properties.user_id().as_ref()?.as_str();
+    if user_id.is_empty() {
+        return None;
+    }
+    let vouched = (user_id == service_user)
+        .then(|| header_str(properties.headers(), AUTHENTICATED_USER))
+        .flatten();
+    Some(vouched.unwrap_or(user_id).to_owned())
+}
+
+/// The properties of a copy of a producer's message that `service_user` publishes (a dead letter,
+/// an outage copy, a replay). The broker would refuse the producer's `user_id` on the service's
+/// connection and close its channel, so the copy's `user_id` is the service's own and `producer`
+/// (from [`producer_user`]) travels in [`AUTHENTICATED_USER`]; a header of that name the producer
+/// wrote itself is dropped.
+pub fn vouched(
+    properties: BasicProperties,
+    producer: Option<&str>,
+    service_user: &str,
+) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (name, value) in properties.headers().iter().flatten() {
+        if name.as_str() != AUTHENTICATED_USER {
+            table.insert(name.clone(), value.clone());
+        }
+    }
+    match producer {
+        Some(user) => {
+            table.insert(AUTHENTICATED_USER.into(), long_string(user));
+            properties
+                .with_headers(table)
+                .with_user_id(service_user.into())
+        }
+        None => properties.with_headers(table),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_by_the_service_keeps_its_producers_user_and_nothing_else_can_claim_one() {
+        let from_erp = BasicProperties::default().with_user_id("erp".into());
+        assert_eq!(producer_user(&from_erp, "ingest").as_deref(), Some("erp"));
+
+        // Dead-lettered, then replayed, then handed back in an outage: still erp's.
+        let copy = vouched(from_erp, Some("erp"), "ingest");
+        assert_eq!(copy.user_id().as_ref().unwrap().as_str(), "ingest");
+        assert_eq!(producer_user(&copy, "ingest").as_deref(), Some("erp"));
+        let again = vouched(
+            copy.clone(),
+            producer_user(&copy, "ingest").as_deref(),
+            "ingest",
+        );
+        assert_eq!(producer_user(&again, "ingest").as_deref(), Some("erp"));
+
+        // The header on a message another user published is that user's word only.
+        let mut forged = FieldTable::default();
+        forged.insert(AUTHENTICATED_USER.into(), long_string("erp"));
+        let from_shop = BasicProperties::default()
+            .with_headers(forged.clone())
+            .with_user_id("shop".into());
+        assert_eq!(producer_user(&from_shop, "ingest").as_deref(), Some("shop"));
+        let anonymous = BasicProperties::default().with_headers(forged);
+        assert_eq!(producer_user(&anonymous, "ingest"), None);
+        let copy = vouched(anonymous, None, "ingest");
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(header_str(copy.headers(), AUTHENTICATED_USER), None);
     }
 }

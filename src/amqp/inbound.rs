@@ -15,7 +15,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use uuid::Uuid;
 
 use super::Publisher;
-use super::headers::{self, header_i64, long_string};
+use super::connection::user_of;
+use super::headers::{self, header_i64, long_string, producer_user, vouched};
 use super::publisher::{Delivered, Outgoing};
 use super::replies;
 use crate::codes::RejectionCode;
@@ -46,6 +47,9 @@ pub struct Inbound {
     reply_records_per_message: usize,
     reply_max_bytes: usize,
     metrics: Metrics,
+    /// The AMQP user this service publishes as: the `user_id` of the copies it makes of producers'
+    /// messages (see [`headers::vouched`]).
+    service_user: String,
 }
 
 impl Inbound {
@@ -56,6 +60,7 @@ impl Inbound {
         metrics: Metrics,
     ) -> Self {
         Self {
+            service_user: user_of(amqp.url()),
             ingest,
             amqp,
             reply_records_per_message: pipeline.reply_records_per_message,
@@ -77,7 +82,7 @@ impl Inbound {
         if header_i64(delivery.properties.headers(), headers::REPLAY_COUNT).is_some() {
             self.metrics.replays.inc();
         }
-        let envelope = Envelope::read(&delivery.properties, &delivery.data);
+        let envelope = Envelope::read_by(&delivery.properties, &delivery.data, &self.service_user);
         let span = tracing::Span::current();
         span.record("batch_id", envelope.batch_id.as_str());
         if let Some(tenant) = &envelope.tenant {
@@ -280,7 +285,11 @@ impl Inbound {
                 exchange: &self.amqp.dead_letter_exchange,
                 routing_key: &self.amqp.ingest_queue,
                 body: &delivery.data,
-                properties: delivery.properties.clone().with_headers(table),
+                properties: vouched(
+                    delivery.properties.clone().with_headers(table),
+                    envelope.user_id.as_deref(),
+                    &self.service_user,
+                ),
                 mandatory: false,
             })
             .await
@@ -334,7 +343,11 @@ impl Inbound {
                 exchange: "",
                 routing_key: &self.amqp.ingest_queue,
                 body: &delivery.data,
-                properties: delivery.properties.clone().with_headers(table),
+                properties: vouched(
+                    delivery.properties.clone().with_headers(table),
+                    producer_user(&delivery.properties, &self.service_user).as_deref(),
+                    &self.service_user,
+                ),
                 mandatory: true,
             })
             .await

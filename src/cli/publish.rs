@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
+use crate::amqp::connection::user_of;
 use crate::amqp::headers::{self, ProducerMessage, header_i64};
 use crate::amqp::publisher::Outgoing;
 use crate::amqp::{Publisher, connect, topology};
@@ -48,7 +49,9 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         correlation_id: Some(&correlation_id),
         reply_to: None,
     }
-    .properties();
+    .properties()
+    // Who publishes, for `auth.mode = "user-id"`: the broker accepts only the connection's own user.
+    .with_user_id(user_of(settings.amqp.url()).into());
 
     let mut replies = None;
     if args.wait {

@@ -1,7 +1,9 @@
-//! What is checked of a message before its body is parsed: its size, its tenant, its dialect, that it
-//! is UTF-8 and how deeply it is nested. A message failing any of them is rejected whole.
+//! What is checked of a message before its body is parsed: its size, its user and tenant, its
+//! dialect, that it is UTF-8 and how deeply it is nested. A message failing any of them is rejected
+//! whole.
 
 use crate::codes::{FieldCode, RejectionCode};
+use crate::config::{AuthMode, AuthSettings};
 use crate::dialect::{self, Dialect, Rejection};
 use crate::model::{FieldError, ParsedRecord, cut_short};
 
@@ -16,7 +18,7 @@ pub const MAX_TENANT_CHARS: usize = 64;
 
 /// Whether `tenant` is a plain name: it appears in keys, routing keys and metric-free logs, and
 /// names a tenant's data everywhere.
-fn is_tenant_name(tenant: &str) -> bool {
+pub fn is_tenant_name(tenant: &str) -> bool {
     (1..=MAX_TENANT_CHARS).contains(&tenant.len())
         && tenant
             .bytes()
@@ -31,11 +33,13 @@ pub(super) struct Addressed<'a> {
 }
 
 /// Checks the size of the body and the envelope. Runs before anything is parsed, so an oversized
-/// body costs no more than its bytes.
+/// body costs no more than its bytes, and before anything stored of the batch is read, so a message
+/// refused for its tenant learns nothing of that tenant's batches.
 pub(super) fn envelope<'a>(
     envelope: &'a Envelope,
     body: &[u8],
     max_body_bytes: usize,
+    auth: &AuthSettings,
 ) -> Result<Addressed<'a>, Rejection> {
     if body.len() > max_body_bytes {
         return Err(Rejection::new(
@@ -46,6 +50,17 @@ pub(super) fn envelope<'a>(
             ),
         ));
     }
+    // RabbitMQ vouches for `user_id`: it refuses a publish whose user_id is not the connection's user.
+    let user = match auth.mode {
+        AuthMode::Open => None,
+        AuthMode::UserId => Some(envelope.user_id.as_deref().ok_or_else(|| {
+            Rejection::new(
+                RejectionCode::MissingUserId,
+                "the message has no `user_id` property; this service takes a message only from a \
+                 known user, who sets `user_id` to the user its connection logged in as",
+            )
+        })?),
+    };
     let Some(tenant) = envelope.tenant.as_deref() else {
         return Err(Rejection::new(
             RejectionCode::MissingTenant,
@@ -58,6 +73,14 @@ pub(super) fn envelope<'a>(
             format!(
                 "the `tenant` header must be 1 to {MAX_TENANT_CHARS} letters, digits, `_` or `-`"
             ),
+        ));
+    }
+    if let Some(user) = user
+        && !auth.allows(user, tenant)
+    {
+        return Err(Rejection::new(
+            RejectionCode::ForbiddenTenant,
+            format!("the user `{user}` may not write to the tenant `{tenant}`"),
         ));
     }
     // A message_id is at most 255 bytes (an AMQP short string); it is stored, logged and sent back.

@@ -17,11 +17,11 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-pub use checks::{MAX_NESTING, check_nesting};
+pub use checks::{MAX_NESTING, check_nesting, is_tenant_name};
 pub use error::BatchError;
 
 use crate::codes::RejectionCode;
-use crate::config::PipelineSettings;
+use crate::config::{AuthSettings, PipelineSettings};
 use crate::dialect::{self, Limits, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -43,6 +43,9 @@ pub struct Envelope {
     /// The `type` property, naming the dialect.
     pub dialect: Option<String>,
     pub tenant: Option<String>,
+    /// The AMQP user that published the message, as the broker vouches for it (see
+    /// [`crate::config::AuthMode::UserId`]); `None` when the message names none.
+    pub user_id: Option<String>,
 }
 
 impl Envelope {
@@ -59,6 +62,8 @@ impl Envelope {
 pub struct Ingest {
     pool: PgPool,
     settings: PipelineSettings,
+    /// Which user may write which tenant; open (anyone, anything) unless [`Ingest::with_auth`].
+    auth: AuthSettings,
     retry: Retry,
     metrics: Metrics,
     /// Woken after each committed chunk, so the relay publishes its events at once.
@@ -77,6 +82,7 @@ impl Ingest {
         Self {
             pool,
             settings,
+            auth: AuthSettings::default(),
             retry: Retry {
                 budget: retry_budget,
                 metrics: metrics.clone(),
@@ -87,6 +93,11 @@ impl Ingest {
         }
     }
 
+    /// Checks each message's user against `auth` (see [`crate::config::AuthMode`]).
+    pub fn with_auth(self, auth: AuthSettings) -> Self {
+        Self { auth, ..self }
+    }
+
     /// Everything up to the reply: returns the batch's reply, or why there is none. A batch that
     /// completed before is answered from its stored reply; otherwise its records are applied, its
     /// reply stored, and returned.
@@ -95,7 +106,7 @@ impl Ingest {
     /// it, then finds the batch completed and returns its stored reply.
     pub async fn process(&self, envelope: &Envelope, body: &[u8]) -> Result<Reply, BatchError> {
         let started_at = Utc::now();
-        let addressed = checks::envelope(envelope, body, self.settings.max_body_bytes)?;
+        let addressed = checks::envelope(envelope, body, self.settings.max_body_bytes, &self.auth)?;
         let budget = self.retry.for_message();
         let claim = self
             .claim(&budget, addressed.tenant, &envelope.batch_id)

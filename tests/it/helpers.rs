@@ -191,7 +191,19 @@ impl TestApp {
 
     /// Publishes a body to the ingest queue as a producer would.
     pub async fn publish(&self, message: Message<'_>) {
-        let properties = ProducerMessage {
+        self.publish_on(&self.channel, message)
+            .await
+            .expect("the broker confirms the message");
+    }
+
+    /// Publishes a body to the ingest queue on `channel` (a connection of another user, say) and
+    /// waits for the broker's confirm; the broker's refusal is returned, not a panic.
+    pub async fn publish_on(
+        &self,
+        channel: &Channel,
+        message: Message<'_>,
+    ) -> lapin::Result<lapin::Confirmation> {
+        let mut properties = ProducerMessage {
             dialect: message.dialect,
             tenant: message.tenant,
             message_id: message.message_id,
@@ -199,7 +211,10 @@ impl TestApp {
             reply_to: message.reply_to,
         }
         .properties();
-        self.channel
+        if let Some(user_id) = message.user_id {
+            properties = properties.with_user_id(user_id.into());
+        }
+        channel
             .basic_publish(
                 "".into(),
                 self.settings.amqp.ingest_queue.as_str().into(),
@@ -207,10 +222,8 @@ impl TestApp {
                 message.body,
                 properties,
             )
+            .await?
             .await
-            .unwrap()
-            .await
-            .unwrap();
     }
 
     /// The next reply on the default results queue, with its message properties.
@@ -416,6 +429,8 @@ pub struct Message<'a> {
     pub message_id: Option<&'a str>,
     pub correlation_id: Option<&'a str>,
     pub reply_to: Option<&'a str>,
+    /// The AMQP `user_id` property; the broker refuses it unless it is the connection's user.
+    pub user_id: Option<&'a str>,
 }
 
 impl<'a> Message<'a> {
@@ -428,6 +443,7 @@ impl<'a> Message<'a> {
             message_id: Some(message_id),
             correlation_id: Some(message_id),
             reply_to: None,
+            user_id: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 #![recursion_limit = "256"]
 
 mod add_with_accounts;
+mod auth;
 mod broker;
 mod cli;
 mod contention;

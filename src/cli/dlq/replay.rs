@@ -10,8 +10,10 @@ use super::scan::{Message, Scan, Visit, Visited};
 use super::text::printable;
 use super::{Filters, Selection};
 use crate::amqp::Publisher;
+use crate::amqp::connection::user_of;
 use crate::amqp::headers::{
-    self, DEAD_LETTERED_AT, ERROR_ATTEMPTS, ERROR_CODE, ERROR_MESSAGE, REPLAY_COUNT,
+    self, DEAD_LETTERED_AT, ERROR_ATTEMPTS, ERROR_CODE, ERROR_MESSAGE, REPLAY_COUNT, producer_user,
+    vouched,
 };
 use crate::amqp::publisher::{Delivered, Outgoing};
 use crate::config::Settings;
@@ -36,6 +38,7 @@ pub(super) async fn run(
     let scan = Scan::open(connection, &settings.amqp.dead_letter_queue).await?;
     let mut replay = Replay {
         publisher,
+        user: user_of(settings.amqp.url()),
         ingest_queue: &settings.amqp.ingest_queue,
         max_replays: i64::from(settings.dlq.max_replays),
         ids: args.selection.ids(),
@@ -57,6 +60,9 @@ pub(super) async fn run(
 /// Moves each selected message to the ingest queue, unless it went round too often already.
 struct Replay<'a> {
     publisher: Publisher,
+    /// The AMQP user this command publishes as. Run with the service's own settings, the copy it
+    /// publishes keeps its producer's user (see [`headers::vouched`]).
+    user: String,
     ingest_queue: &'a str,
     max_replays: i64,
     /// The ids asked for, or `None` for `--all`.
@@ -104,7 +110,11 @@ impl Visit for Replay<'_> {
                 exchange: "",
                 routing_key: ingest_queue,
                 body: &message.delivery.data,
-                properties: replay_properties(&message.delivery.properties, letter.replays + 1),
+                properties: vouched(
+                    replay_properties(&message.delivery.properties, letter.replays + 1),
+                    producer_user(&message.delivery.properties, &self.user).as_deref(),
+                    &self.user,
+                ),
                 mandatory: true,
             })
             .await
