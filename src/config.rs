@@ -67,6 +67,9 @@ pub struct PipelineSettings {
     pub concurrency: usize,
     pub chunk_size: usize,
     pub max_body_bytes: usize,
+    /// The bodies of the messages being worked on, in bytes, at most: a message waits for room
+    /// before it is started. Parsed, a body takes several times its size in memory.
+    pub max_body_bytes_in_flight: usize,
     pub max_records: usize,
     pub reply_records_per_message: usize,
     /// Largest reply message body: a reply is split into parts by this as well as by
@@ -264,6 +267,10 @@ impl Settings {
                 "pipeline.reply_records_per_message must be at least 1",
             ),
             (
+                self.pipeline.max_body_bytes_in_flight < self.pipeline.max_body_bytes,
+                "pipeline.max_body_bytes_in_flight must be at least pipeline.max_body_bytes",
+            ),
+            (
                 self.pipeline.reply_max_bytes < 16 * 1024,
                 "pipeline.reply_max_bytes must be at least 16384",
             ),
@@ -410,6 +417,7 @@ mod tests {
         concurrency = 3
         chunk_size = 77
         max_body_bytes = 1000
+        max_body_bytes_in_flight = 2000
         max_records = 99
         reply_records_per_message = 9
         reply_max_bytes = 65536

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub outbox_oldest_pending_age: IntGauge,
     pub in_flight: IntGauge,
+    pub body_bytes_in_flight: IntGauge,
     pub events_published: IntCounter,
     pub replies_published: IntCounter,
     /// Messages this service dead-lettered, by reason code.
@@ -103,6 +104,11 @@ impl Metrics {
             )
             .unwrap(),
             in_flight: IntGauge::new("messages_in_flight", "Messages being processed.").unwrap(),
+            body_bytes_in_flight: IntGauge::new(
+                "body_bytes_in_flight",
+                "Bytes of the bodies of the messages being processed (see pipeline.max_body_bytes_in_flight).",
+            )
+            .unwrap(),
             events_published: IntCounter::new(
                 "events_published_total",
                 "Customer-state events published and confirmed.",
@@ -162,6 +168,7 @@ impl Metrics {
             Box::new(self.outbox_pending.clone()),
             Box::new(self.outbox_oldest_pending_age.clone()),
             Box::new(self.in_flight.clone()),
+            Box::new(self.body_bytes_in_flight.clone()),
             Box::new(self.events_published.clone()),
             Box::new(self.replies_published.clone()),
             Box::new(self.dead_lettered.clone()),

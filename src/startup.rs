@@ -130,6 +130,7 @@ impl Application {
         let stopped = Supervisor {
             settings: settings.amqp.clone(),
             concurrency: settings.pipeline.concurrency,
+            max_body_bytes_in_flight: settings.pipeline.max_body_bytes_in_flight,
             inbound,
             health: health.clone(),
             metrics: metrics.clone(),

@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 pub struct Supervisor {
     pub settings: AmqpSettings,
     pub concurrency: usize,
+    /// The bodies of the messages being worked on, in bytes, at most.
+    pub max_body_bytes_in_flight: usize,
     pub inbound: Arc<Inbound>,
     pub health: Health,
     pub metrics: Metrics,
@@ -50,10 +52,14 @@ impl Supervisor {
     /// Consumes until `stop` is cancelled, rebuilding the session whenever it is lost.
     pub async fn run(self, stop: CancellationToken, tracker: TaskTracker) -> Stopped {
         let permits = Arc::new(Semaphore::new(self.concurrency));
+        let room = Arc::new(Semaphore::new(self.max_body_bytes_in_flight));
         let mut delay = Duration::from_millis(500);
         let mut sessions = 0u64;
         loop {
-            match self.session(&stop, &tracker, &permits, &mut sessions).await {
+            match self
+                .session(&stop, &tracker, &permits, &room, &mut sessions)
+                .await
+            {
                 Ok(session) => {
                     return Stopped {
                         session: Some(session),
@@ -79,6 +85,7 @@ impl Supervisor {
         stop: &CancellationToken,
         tracker: &TaskTracker,
         permits: &Arc<Semaphore>,
+        room: &Arc<Semaphore>,
         sessions: &mut u64,
     ) -> anyhow::Result<(Arc<lapin::Connection>, lapin::Channel)> {
         let connection = tokio::select! {
@@ -121,6 +128,7 @@ impl Supervisor {
                 stop,
                 tracker,
                 permits,
+                room,
             )
             .await;
         // No new deliveries; the ones prefetched but not started go back as fresh copies. The
@@ -182,6 +190,7 @@ impl Supervisor {
         stop: &CancellationToken,
         tracker: &TaskTracker,
         permits: &Arc<Semaphore>,
+        room: &Arc<Semaphore>,
     ) -> anyhow::Result<()> {
         let lost = connection_lost(
             connection,
@@ -230,10 +239,26 @@ impl Supervisor {
                     tracing::info!("RabbitMQ connection recovered");
                 }
                 Some(Ok(delivery)) => {
+                    // Room for the body among the bodies in flight; a body larger than the bound
+                    // (rejected for its size at once) waits for all of it.
+                    let bytes = delivery.data.len().clamp(1, self.max_body_bytes_in_flight);
+                    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+                    let room = tokio::select! {
+                        room = room.clone().acquire_many_owned(bytes) => room.expect("the semaphore is never closed"),
+                        () = stop.cancelled() => {
+                            self.inbound.hand_back(&delivery, publisher).await;
+                            break;
+                        }
+                        () = &mut lost => bail!("the connection to RabbitMQ did not recover"),
+                    };
                     let inbound = self.inbound.clone();
                     let publisher = publisher.clone();
+                    let metrics = self.metrics.clone();
+                    metrics.body_bytes_in_flight.add(i64::from(bytes));
                     tracker.spawn(async move {
                         inbound.handle(delivery, &publisher).await;
+                        metrics.body_bytes_in_flight.sub(i64::from(bytes));
+                        drop(room);
                         drop(permit);
                     });
                 }

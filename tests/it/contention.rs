@@ -119,3 +119,59 @@ async fn the_retry_budget_is_spent_by_the_whole_message_not_by_each_step() {
     app.events(10).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_bytes_of_bodies_in_flight_are_bounded_by_the_setting() {
+    // Room for one ~200 kB body at a time, though four messages could be worked on at once.
+    let mut app = TestApp::spawn_with(|s| {
+        s.pipeline.max_body_bytes = 300_000;
+        s.pipeline.max_body_bytes_in_flight = 300_000;
+        s.database.lock_timeout_ms = 30_000;
+    })
+    .await;
+    let body = customers_body("K", 500, "Customer");
+    assert!(
+        body.len() > 150_000 && body.len() < 300_000,
+        "{}",
+        body.len()
+    );
+    app.publish(Message::upsert(&body, "acme", "first")).await;
+    app.next_reply().await;
+
+    // The second message waits on a row lock, holding its body's bytes.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE key = 'K-3' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let renamed = customers_body("K", 500, "Renamed");
+    app.publish(Message::upsert(&renamed, "acme", "second"))
+        .await;
+    let others = [customers_body("L", 500, "L"), customers_body("M", 500, "M")];
+    app.publish(Message::upsert(&others[0], "acme", "third"))
+        .await;
+    app.publish(Message::upsert(&others[1], "acme", "fourth"))
+        .await;
+    assert!(
+        app.reply_within(Duration::from_millis(1_500))
+            .await
+            .is_none(),
+        "a message was worked on beside the one holding the bytes"
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains("customer_ingest_messages_in_flight 1"),
+    );
+
+    blocker.rollback().await.unwrap();
+    let mut finished = Vec::new();
+    for _ in 0..3 {
+        let (reply, _) = app.next_reply().await;
+        assert_eq!(reply["status"], "completed", "{reply}");
+        finished.push(reply["batch_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(finished, ["second", "third", "fourth"]);
+    app.events(2_000).await;
+    app.stop().await;
+}
