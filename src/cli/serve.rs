@@ -6,6 +6,7 @@ use crate::{shutdown, telemetry};
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
+    telemetry::install_panic_hook();
     let application = Application::build(settings).await?;
     tracing::info!(http = %application.http_addr(), "customer-ingest started");
     let stop = CancellationToken::new();
