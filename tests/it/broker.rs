@@ -135,3 +135,34 @@ async fn a_reply_is_split_into_parts_by_size_as_well_as_by_records() {
     app.events(1_000).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_ingest_queue_is_declared_again_and_consumed() {
+    let mut app = TestApp::spawn().await;
+    let queue = app.settings.amqp.ingest_queue.clone();
+    app.channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    wait_for("the ingest queue to be declared again", || async {
+        let channel = app.connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "checked".into()).await;
+        declared.is_ok_and(|queue| queue.consumer_count() == 1)
+    })
+    .await;
+    let body = customers_body("K", 3, "Customer");
+    app.publish(Message::upsert(&body, "acme", "after")).await;
+    assert_eq!(app.next_reply().await.0["status"], "completed");
+    app.events(3).await;
+    app.stop().await;
+}
