@@ -28,6 +28,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub dlq: DlqSettings,
+    pub idempotency: IdempotencySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -106,6 +107,16 @@ pub struct ShutdownSettings {
 #[serde(deny_unknown_fields)]
 pub struct DlqSettings {
     pub max_replays: u32,
+}
+
+/// How long a batch's stored reply and bookkeeping are kept (see [`crate::store::retention`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// A batch completed longer ago than this is forgotten: a redelivery after it is applied again.
+    pub retention_hours: u64,
+    /// How often each worker looks for expired bookkeeping.
+    pub sweep_interval_secs: u64,
 }
 
 impl Settings {
@@ -212,6 +223,14 @@ impl Settings {
                 self.relay.batch_size <= 0,
                 "relay.batch_size must be at least 1",
             ),
+            (
+                self.idempotency.retention_hours == 0,
+                "idempotency.retention_hours must be at least 1",
+            ),
+            (
+                self.idempotency.sweep_interval_secs == 0,
+                "idempotency.sweep_interval_secs must be at least 1",
+            ),
         ];
         match checks.iter().find(|(failed, _)| *failed) {
             Some((_, message)) => anyhow::bail!("invalid configuration: {message}"),
@@ -270,6 +289,16 @@ impl RelaySettings {
     }
 }
 
+impl IdempotencySettings {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.sweep_interval_secs)
+    }
+}
+
 impl ShutdownSettings {
     pub fn deadline(&self) -> Duration {
         Duration::from_secs(self.deadline_secs)
@@ -325,6 +354,9 @@ mod tests {
         deadline_secs = 4
         [dlq]
         max_replays = 1
+        [idempotency]
+        retention_hours = 24
+        sweep_interval_secs = 60
     "#;
 
     fn from_toml(text: &str) -> Settings {

@@ -4,6 +4,7 @@ pub mod batches;
 pub mod contacts;
 pub mod customers;
 pub mod outbox;
+pub mod retention;
 
 use std::time::Duration;
 
