@@ -3,6 +3,7 @@
 pub mod batches;
 pub mod contacts;
 pub mod customers;
+pub mod erasure;
 pub mod outbox;
 pub mod retention;
 
