@@ -120,11 +120,13 @@ async fn a_completed_batch_past_the_retention_is_forgotten_and_its_redelivery_ap
         [1, 1, 0, 0],
         "a recent batch keeps its reply and fingerprint"
     );
-    let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("customer_ingest_retention_removed_total{table=\"processed_batches\"} 1"),
-        "{metrics}"
-    );
+    // Counted once the whole sweep is done, a moment after its rows are gone.
+    wait_for("the sweep to be counted", || async {
+        app.metrics()
+            .await
+            .contains("customer_ingest_retention_removed_total{table=\"processed_batches\"} 1")
+    })
+    .await;
 
     // Documented: past the retention, a redelivery is a new batch. It is applied again (its
     // customers are unchanged, so nothing is written and no event goes out) and answered anew.
