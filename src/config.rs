@@ -30,6 +30,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub dlq: DlqSettings,
     pub auth: AuthSettings,
+    pub idempotency: IdempotencySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -175,6 +176,16 @@ fn tenants_from_table_or_json<'de, D: serde::Deserializer<'de>>(
     }
 }
 
+/// How long a batch's stored reply and bookkeeping are kept (see [`crate::store::retention`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// A batch completed longer ago than this is forgotten: a redelivery after it is applied again.
+    pub retention_hours: u64,
+    /// How often each worker looks for expired bookkeeping.
+    pub sweep_interval_secs: u64,
+}
+
 impl Settings {
     /// Loads the defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -287,6 +298,14 @@ impl Settings {
                 self.relay.batch_size <= 0,
                 "relay.batch_size must be at least 1",
             ),
+            (
+                self.idempotency.retention_hours == 0,
+                "idempotency.retention_hours must be at least 1",
+            ),
+            (
+                self.idempotency.sweep_interval_secs == 0,
+                "idempotency.sweep_interval_secs must be at least 1",
+            ),
         ];
         match checks.iter().find(|(failed, _)| *failed) {
             Some((_, message)) => anyhow::bail!("invalid configuration: {message}"),
@@ -376,6 +395,16 @@ impl RelaySettings {
     }
 }
 
+impl IdempotencySettings {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.sweep_interval_secs)
+    }
+}
+
 impl ShutdownSettings {
     pub fn deadline(&self) -> Duration {
         Duration::from_secs(self.deadline_secs)
@@ -438,6 +467,9 @@ mod tests {
         [auth.tenants]
         "erp-prod" = ["acme", "globex"]
         "Web Shop" = ["shop_1"]
+        [idempotency]
+        retention_hours = 24
+        sweep_interval_secs = 60
     "#;
 
     fn from_toml(text: &str) -> Settings {

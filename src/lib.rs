@@ -26,7 +26,8 @@
 //!
 //! Around it: [`config`] (settings), [`metrics`] and [`http`] (`/metrics`, `/healthz`, `/readyz`),
 //! [`health`] (readiness, and the gate that stops consuming while Postgres is away), [`shutdown`]
-//! (signals), [`startup`] (wiring) and [`cli`] (the subcommands).
+//! (signals), [`startup`] (wiring, and the sweep that removes batch bookkeeping past the retention:
+//! [`store::retention`]) and [`cli`] (the subcommands; `erase` is [`store::erasure`]).
 //!
 //! Layering, checked by `scripts/check-layers.sh`: only [`amqp`] (and the operator commands in
 //! [`cli`]) know lapin; a dialect never touches AMQP or SQL; the store never imports a dialect.

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use customer_ingest::cli::{Cli, Command, dlq, migrate, publish, serve};
+use customer_ingest::cli::{Cli, Command, dlq, erase, migrate, publish, serve};
 use customer_ingest::config::Settings;
 
 #[tokio::main]
@@ -15,5 +15,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => migrate::run(settings).await,
         Command::Publish(args) => publish::run(settings, args).await,
         Command::Dlq(command) => dlq::run(settings, command).await,
+        Command::Erase(args) => erase::run(settings, args).await,
     }
 }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub requeued_for_outage: IntCounter,
     /// Deliveries of messages moved back from the dead-letter queue by `dlq replay`.
     pub replays: IntCounter,
+    /// Rows of batch bookkeeping removed past the retention, by table.
+    pub retention_removed: IntCounterVec,
 }
 
 impl Metrics {
@@ -152,6 +154,15 @@ impl Metrics {
                 "Deliveries of messages replayed from the dead-letter queue.",
             )
             .unwrap(),
+            retention_removed: IntCounterVec::new(
+                Opts::new(
+                    "retention_removed_total",
+                    "Rows of batch bookkeeping (stored replies, fingerprints, chunk results, contact \
+                     resolutions) removed past the retention, by table.",
+                ),
+                &["table"],
+            )
+            .unwrap(),
             registry,
         };
         metrics.register_all();
@@ -177,6 +188,7 @@ impl Metrics {
             Box::new(self.database_unavailable.clone()),
             Box::new(self.requeued_for_outage.clone()),
             Box::new(self.replays.clone()),
+            Box::new(self.retention_removed.clone()),
         ];
         for collector in collectors {
             self.registry

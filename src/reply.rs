@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::dialect::{self, Rejection};
 use crate::ingest::Envelope;
@@ -138,6 +139,30 @@ impl Reply {
             .collect()
     }
 
+    /// Removes what the reply holds of an erased customer: its records (found by `id`, and a
+    /// record that failed under its `key`) and their entries in `response`. `counts` then count the
+    /// records that are left; `status` stays the batch's. Returns how many records were removed.
+    pub fn erase_customer(&mut self, key: &str, id: Uuid) -> usize {
+        let erased: Vec<usize> = self
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, record)| record.id == Some(id) || record.key.as_deref() == Some(key))
+            .map(|(position, _)| position)
+            .collect();
+        if erased.is_empty() {
+            return 0;
+        }
+        self.response = match self.dialect.as_deref().and_then(dialect::find) {
+            Some(dialect) => dialect.response_without(&self.response, &self.records, &erased),
+            // No dialect to say which entries are whose: nothing of the response is kept.
+            None => serde_json::Value::Null,
+        };
+        self.records = dialect::without_positions(&self.records, &erased);
+        self.counts = Counts::of(&self.records);
+        erased.len()
+    }
+
     fn clone_without_records(&self) -> Reply {
         Reply {
             batch_id: self.batch_id.clone(),
@@ -185,6 +210,48 @@ mod tests {
             started_at: Utc::now(),
             finished_at: Utc::now(),
             part: Part::default(),
+        }
+    }
+
+    #[test]
+    fn an_erased_customer_leaves_no_record_and_no_response_entry() {
+        let mut reply = reply_with(3);
+        reply.records[2] = RecordResult::failed(2, Some("K0".into()), vec![]);
+        reply.response = dialect::find("upsert-by-customer-id")
+            .unwrap()
+            .render_response(&reply.records, &[]);
+        let id = reply.records[0].id.unwrap();
+        assert_eq!(reply.erase_customer("K0", id), 2);
+        let text = serde_json::to_string(&reply).unwrap();
+        assert!(
+            !text.contains("K0") && !text.contains(&id.to_string()),
+            "{text}"
+        );
+        assert_eq!(reply.records.len(), 1);
+        assert_eq!(reply.counts.total, 1);
+        assert_eq!(reply.response["successful"][0]["customerID"], "K1");
+        assert_eq!(reply.erase_customer("K0", id), 0);
+    }
+
+    #[test]
+    fn an_erased_customer_leaves_no_row_in_a_response_of_customers() {
+        for (dialect, rows) in [("add-with-accounts", "/data"), ("match-by-contact", "")] {
+            let mut reply = reply_with(3);
+            reply.dialect = Some(dialect.into());
+            let row = |i: usize| serde_json::json!({"name": format!("Customer {i}")});
+            let all: Vec<_> = (0..3).map(row).collect();
+            reply.response = if rows.is_empty() {
+                serde_json::json!(all)
+            } else {
+                serde_json::json!({ "data": all })
+            };
+            let id = reply.records[1].id.unwrap();
+            assert_eq!(reply.erase_customer("K1", id), 1);
+            assert_eq!(
+                reply.response.pointer(rows).unwrap(),
+                &serde_json::json!([row(0), row(2)]),
+                "{dialect}"
+            );
         }
     }
 

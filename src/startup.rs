@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::amqp::consumer::Supervisor;
 use crate::amqp::inbound::Inbound;
-use crate::config::{AuthMode, Settings};
+use crate::config::{AuthMode, IdempotencySettings, Settings};
 use crate::health::Health;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -105,6 +105,14 @@ impl Application {
             probe_stop.clone(),
         ));
 
+        let sweep_stop = CancellationToken::new();
+        let sweep_task = tokio::spawn(sweep_expired(
+            pool.clone(),
+            settings.idempotency.clone(),
+            metrics.clone(),
+            sweep_stop.clone(),
+        ));
+
         let relay_stop = CancellationToken::new();
         let relay_task = tokio::spawn(
             Relay {
@@ -169,8 +177,10 @@ impl Application {
             tracing::warn!("closing the RabbitMQ connection took too long; leaving it");
         }
         probe_stop.cancel();
+        sweep_stop.cancel();
         http_stop.cancel();
         let _ = probe_task.await;
+        let _ = sweep_task.await;
         let _ = http_task.await;
         // A message still in hand past the deadline keeps its connections until the process ends:
         // closing the pool under it would fail its chunks instead of leaving them for redelivery.
@@ -203,6 +213,49 @@ async fn probe_database(pool: PgPool, health: Health, stop: CancellationToken) {
             Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {}
             Ok(Err(error)) if store::is_unreachable(&error) => health.set_database(false),
             Ok(Err(_)) => {}
+        }
+    }
+}
+
+/// Removes batch bookkeeping past the retention at start and then every `sweep_interval_secs`
+/// (see [`store::retention`]). Every worker sweeps; two sweeps at once take different rows. A sweep
+/// cut short by the stop is finished by the next start.
+async fn sweep_expired(
+    pool: PgPool,
+    settings: IdempotencySettings,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    loop {
+        let swept = tokio::select! {
+            swept = store::retention::sweep(&pool, settings.retention()) => swept,
+            () = stop.cancelled() => return,
+        };
+        match swept {
+            Ok(removed) => {
+                for (table, rows) in removed.by_table() {
+                    metrics
+                        .retention_removed
+                        .with_label_values(&[table])
+                        .inc_by(rows);
+                }
+                if removed.total() > 0 {
+                    tracing::info!(
+                        processed_batches = removed.processed_batches,
+                        batch_fingerprints = removed.batch_fingerprints,
+                        batch_chunks = removed.batch_chunks,
+                        contact_resolutions = removed.contact_resolutions,
+                        "removed batch bookkeeping past the retention"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "removing expired batch bookkeeping failed; will retry")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.sweep_interval()) => {}
+            () = stop.cancelled() => return,
         }
     }
 }

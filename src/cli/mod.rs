@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file, each with its options and an `async fn run`.
 
 pub mod dlq;
+pub mod erase;
 pub mod migrate;
 pub mod publish;
 pub mod serve;
@@ -35,6 +36,9 @@ pub enum Command {
     /// Inspect, replay or purge the dead-letter queue.
     #[command(subcommand)]
     Dlq(dlq::Command),
+    /// Delete a customer on request (right to erasure), with its records in stored replies, and
+    /// publish a `customer.deleted` event.
+    Erase(erase::Args),
 }
 
 #[cfg(test)]

@@ -154,6 +154,22 @@ impl Dialect for AddWithAccounts {
         let data = response["data"].as_array().map_or(&[][..], Vec::as_slice);
         json!({ "data": data.get(range).unwrap_or_default() })
     }
+
+    /// Cut from the whole response, like a part: rendered again, the others would lose their
+    /// customers' fields.
+    fn response_without(
+        &self,
+        response: &Value,
+        records: &[RecordResult],
+        erased: &[usize],
+    ) -> Value {
+        match response["data"].as_array() {
+            Some(data) if data.len() == records.len() => {
+                json!({ "data": super::without_positions(data, erased) })
+            }
+            _ => self.render_response(&super::without_positions(records, erased), &[]),
+        }
+    }
 }
 
 fn render_added(record: &RecordResult, customer: &Customer) -> Value {

@@ -78,6 +78,19 @@ pub trait Dialect: Send + Sync + 'static {
         self.render_response(&records[range], &[])
     }
 
+    /// The response without the entries of the records at positions `erased` (ascending) of
+    /// `records`, the batch's whole results: what a stored reply keeps once a customer is erased.
+    /// By default rendered again from the other results.
+    fn response_without(
+        &self,
+        _response: &serde_json::Value,
+        records: &[RecordResult],
+        erased: &[usize],
+    ) -> serde_json::Value {
+        let kept: Vec<RecordResult> = without_positions(records, erased);
+        self.render_response(&kept, &[])
+    }
+
     /// How this dialect's records find the key of the customer they write. Every dialect decides;
     /// [`crate::ingest`] matches the decision in one place.
     fn keying(&self) -> Keying;
@@ -137,6 +150,16 @@ pub fn find(name: &str) -> Option<&'static dyn Dialect> {
         .iter()
         .copied()
         .find(|dialect| dialect.name() == name)
+}
+
+/// `items` without those at positions `erased` (ascending).
+pub(crate) fn without_positions<T: Clone>(items: &[T], erased: &[usize]) -> Vec<T> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(position, _)| erased.binary_search(position).is_err())
+        .map(|(_, item)| item.clone())
+        .collect()
 }
 
 /// Tells a body that is not JSON at all from JSON of the wrong shape. Only runs on the error path.

@@ -10,7 +10,7 @@ use super::customers::Applied;
 
 /// The first key of the advisory locks that claim a batch (two-key locks live apart from the
 /// one-key ones of the relay).
-const CLAIM_CLASS: i32 = 0x4241_5443;
+pub(super) const CLAIM_CLASS: i32 = 0x4241_5443;
 
 /// A batch claimed by this delivery: a session-level advisory lock on `(tenant, batch_id)`, held on a
 /// connection of its own for as long as the batch is worked on. Another delivery of the same batch

@@ -3,7 +3,9 @@
 pub mod batches;
 pub mod contacts;
 pub mod customers;
+pub mod erasure;
 pub mod outbox;
+pub mod retention;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 /// Any constant works; it names "the relay" among this database's advisory locks.
-const RELAY_LOCK: i64 = 0x6375_7374_6f75_7462; // "custoutb"
+pub(super) const RELAY_LOCK: i64 = 0x6375_7374_6f75_7462; // "custoutb"
 
 /// One event of a claimed outbox row.
 #[derive(Debug, serde::Deserialize)]
@@ -84,6 +84,14 @@ impl Claim {
 /// How many events wait, and how old the oldest is.
 pub async fn backlog(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
     sqlx::query_as("SELECT coalesce(sum(event_count), 0)::bigint, min(created_at) FROM outbox")
+        .fetch_one(pool)
+        .await
+}
+
+/// Whether the outbox row `id` is still waiting to be published.
+pub async fn is_pending(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)")
+        .bind(id)
         .fetch_one(pool)
         .await
 }

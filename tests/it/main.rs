@@ -16,5 +16,6 @@ mod helpers;
 mod ingest;
 mod match_by_contact;
 mod pipeline;
+mod retention;
 mod trust;
 mod upsert_by_id;

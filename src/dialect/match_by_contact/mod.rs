@@ -109,6 +109,16 @@ impl Dialect for MatchByContact {
         response::slice(response, records, range)
     }
 
+    /// Cut from the whole response, like a part.
+    fn response_without(
+        &self,
+        response: &Value,
+        records: &[RecordResult],
+        erased: &[usize],
+    ) -> Value {
+        response::without(response, records, erased)
+    }
+
     fn keying(&self) -> Keying {
         Keying::ByContact
     }

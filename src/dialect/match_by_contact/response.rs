@@ -54,6 +54,17 @@ pub(super) fn slice(
     }
 }
 
+/// The rows of every record but those at `erased`, cut from the whole `response`; rendered from
+/// the other results alone only if the response is not one row per record.
+pub(super) fn without(response: &Value, records: &[RecordResult], erased: &[usize]) -> Value {
+    match response.as_array() {
+        Some(rows) if rows.len() == records.len() => {
+            Value::Array(crate::dialect::without_positions(rows, erased))
+        }
+        _ => render(&crate::dialect::without_positions(records, erased), &[]),
+    }
+}
+
 /// One response row: the customer as this batch wrote it (for a failed record, only its status and
 /// why).
 fn row(customer: Option<&Customer>, status: &str, message: Option<String>) -> Value {
