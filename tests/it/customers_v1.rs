@@ -92,7 +92,10 @@ async fn a_native_record_carrying_an_internal_or_undocumented_field_fails_naming
             "extra.matchEmail",
         ),
         (json!({"extra": {"locationId": "7"}}), "extra.locationId"),
-        (json!({"extra": {"franchiseId": "globex"}}), "extra.franchiseId"),
+        (
+            json!({"extra": {"franchiseId": "globex"}}),
+            "extra.franchiseId",
+        ),
         (json!({"locationId": 7}), "locationId"),
         (json!({"franchiseId": "globex"}), "franchiseId"),
         (
@@ -127,10 +130,12 @@ async fn a_native_record_carrying_an_internal_or_undocumented_field_fails_naming
         records.push(record);
     }
     // Documented fields of the same objects still pass.
-    records.push(json!({"externalId": "EXT-99", "extra": {"extra1": "carried"},
+    records.push(
+        json!({"externalId": "EXT-99", "extra": {"extra1": "carried"},
         "addresses": [{"type": "invoice", "isDefault": true, "street": "Main", "city": "Utrecht",
             "country": "nl", "icp": "N"}],
-        "orderingGroups": [{"id": "G", "subGroups": [{"id": "S", "customers": ["EXT-0"]}]}]}));
+        "orderingGroups": [{"id": "G", "subGroups": [{"id": "S", "customers": ["EXT-0"]}]}]}),
+    );
     let body = serde_json::to_vec(&json!({ "customers": records })).unwrap();
     app.publish(message(&body, "internal")).await;
     let (reply, _) = app.next_reply().await;
