@@ -13,11 +13,15 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::inbound::Inbound;
+use super::inbound::{Inbound, acknowledge};
 use super::{Publisher, connect, topology};
 use crate::config::AmqpSettings;
 use crate::health::Health;
 use crate::metrics::Metrics;
+
+/// How long no delivery must arrive before the consumer is cancelled (see
+/// [`Supervisor::hand_back_prefetched`]).
+const QUIET: Duration = Duration::from_millis(300);
 
 pub struct Supervisor {
     pub settings: AmqpSettings,
@@ -156,26 +160,47 @@ impl Supervisor {
     /// queue as a fresh copy: returned by a closing channel or a requeue, each would count as a
     /// delivery (quorum queues count them), and rolling restarts or a long outage would then
     /// dead-letter messages that were never worked on.
+    ///
+    /// A delivery the broker sent for an acknowledgement made just before the cancel may arrive
+    /// after it is confirmed; lapin drops such a delivery, and the broker returns it, counted, when
+    /// the channel closes. So first, until none has arrived for [`QUIET`], each arriving delivery
+    /// is copied back and held unacknowledged: held, it keeps its prefetch slot, and the broker has
+    /// no room to send another. Only then is the consumer cancelled and the held ones acknowledged.
     async fn hand_back_prefetched(
         &self,
         channel: &lapin::Channel,
         consumer: &mut lapin::Consumer,
         publisher: &Publisher,
     ) {
+        let mut held = Vec::new();
+        let mut copied = 0;
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(QUIET, consumer.next()).await {
+            if self.inbound.copy_back(&delivery, publisher).await {
+                copied += 1;
+                held.push(delivery);
+            }
+        }
         let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), cancel).await {
-            tracing::warn!(error = %error, "cancelling the consumer failed");
-            return;
+        match tokio::time::timeout(Duration::from_secs(5), cancel).await {
+            Ok(Err(error)) => tracing::warn!(error = %error, "cancelling the consumer failed"),
+            Err(_) => tracing::warn!("cancelling the consumer timed out"),
+            Ok(Ok(())) => {
+                while let Ok(Some(Ok(delivery))) =
+                    tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+                {
+                    self.inbound.hand_back(&delivery, publisher).await;
+                    copied += 1;
+                }
+            }
         }
-        let mut handed_back = 0;
-        while let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
-        {
-            self.inbound.hand_back(&delivery, publisher).await;
-            handed_back += 1;
+        for delivery in &held {
+            acknowledge(delivery).await;
         }
-        if handed_back > 0 {
-            tracing::info!(handed_back, "prefetched messages handed back to the queue");
+        if copied > 0 {
+            tracing::info!(
+                handed_back = copied,
+                "prefetched messages handed back to the queue"
+            );
         }
     }
 

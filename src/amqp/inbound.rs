@@ -306,10 +306,21 @@ impl Inbound {
     /// [`Inbound::requeue_for_outage`]); if that fails, the broker requeues it when the channel
     /// closes.
     pub async fn hand_back(&self, delivery: &Delivery, publisher: &Publisher) {
+        if self.copy_back(delivery, publisher).await {
+            ack(delivery).await;
+        }
+    }
+
+    /// Publishes a fresh copy of a delivery that was not started to the queue, without settling the
+    /// original: the caller acknowledges it (see [`acknowledge`]) when it no longer needs its
+    /// prefetch slot kept. Returns whether the copy was confirmed; if not, the original stays
+    /// unsettled, and the broker requeues it when the channel closes.
+    pub async fn copy_back(&self, delivery: &Delivery, publisher: &Publisher) -> bool {
         match self.requeue_for_outage(publisher, delivery).await {
-            Ok(()) => ack(delivery).await,
+            Ok(()) => true,
             Err(error) => {
-                tracing::warn!(error = %error, "handing a prefetched message back failed; the broker requeues it")
+                tracing::warn!(error = %error, "handing a prefetched message back failed; the broker requeues it");
+                false
             }
         }
     }
@@ -355,6 +366,11 @@ impl Inbound {
         self.metrics.requeued_for_outage.inc();
         Ok(())
     }
+}
+
+/// Acknowledges a delivery, bounded in time; a failure is logged (the broker redelivers it).
+pub async fn acknowledge(delivery: &Delivery) {
+    ack(delivery).await
 }
 
 async fn ack(delivery: &Delivery) {
