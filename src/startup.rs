@@ -139,6 +139,7 @@ impl Application {
             settings: settings.amqp.clone(),
             concurrency: settings.pipeline.concurrency,
             max_body_bytes_in_flight: settings.pipeline.max_body_bytes_in_flight,
+            drain_deadline: settings.shutdown.deadline(),
             inbound,
             health: health.clone(),
             metrics: metrics.clone(),

@@ -28,6 +28,8 @@ pub struct Supervisor {
     pub concurrency: usize,
     /// The bodies of the messages being worked on, in bytes, at most.
     pub max_body_bytes_in_flight: usize,
+    /// How long a stop waits for the messages in hand (`shutdown.deadline_secs`).
+    pub drain_deadline: Duration,
     pub inbound: Arc<Inbound>,
     pub health: Health,
     pub metrics: Metrics,
@@ -138,7 +140,7 @@ impl Supervisor {
         // No new deliveries; the ones prefetched but not started go back as fresh copies. The
         // connection and the channel stay open for the messages in hand to finish.
         if consumed.is_ok() {
-            self.hand_back_prefetched(&channel, &mut consumer, &publisher)
+            self.hand_back_prefetched(&channel, &mut consumer, &publisher, tracker)
                 .await;
         }
         consumed.map(|()| (connection, channel))
@@ -171,13 +173,26 @@ impl Supervisor {
         channel: &lapin::Channel,
         consumer: &mut lapin::Consumer,
         publisher: &Publisher,
+        tracker: &TaskTracker,
     ) {
         let mut held = Vec::new();
         let mut copied = 0;
-        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(QUIET, consumer.next()).await {
-            if self.inbound.copy_back(&delivery, publisher).await {
-                copied += 1;
-                held.push(delivery);
+        // The messages in hand are let finish first (within the drain deadline): each
+        // acknowledgement frees a slot the broker may fill, so the cancel waits for the last one.
+        let give_up_at = tokio::time::Instant::now() + self.drain_deadline;
+        loop {
+            match tokio::time::timeout(QUIET, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    if self.inbound.copy_back(&delivery, publisher).await {
+                        copied += 1;
+                        held.push(delivery);
+                    }
+                }
+                Ok(_) => break,
+                Err(_) if tracker.is_empty() || tokio::time::Instant::now() >= give_up_at => {
+                    break;
+                }
+                Err(_) => {}
             }
         }
         let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
@@ -230,7 +245,7 @@ impl Supervisor {
             // failing one after another or being held here.
             if !self.health.database_available() {
                 tracing::warn!("database unreachable; consuming paused");
-                self.hand_back_prefetched(channel, consumer, publisher)
+                self.hand_back_prefetched(channel, consumer, publisher, tracker)
                     .await;
                 tokio::select! {
                     () = self.health.database_back() => {}
