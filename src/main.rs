@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use customer_ingest::cli::{Cli, Command, dlq, erase, migrate, publish, serve};
+use customer_ingest::cli::{Cli, Command, dlq, erase, migrate, publish, serve, status};
 use customer_ingest::config::Settings;
 
 #[tokio::main]
@@ -16,5 +16,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(settings, args).await,
         Command::Dlq(command) => dlq::run(settings, command).await,
         Command::Erase(args) => erase::run(settings, args).await,
+        Command::Status(args) => status::run(settings, args).await,
     }
 }

@@ -5,6 +5,8 @@ pub mod erase;
 pub mod migrate;
 pub mod publish;
 pub mod serve;
+pub mod status;
+mod text;
 
 use std::path::PathBuf;
 
@@ -39,6 +41,8 @@ pub enum Command {
     /// Delete a customer on request (right to erasure), with its records in stored replies, and
     /// publish a `customer.deleted` event.
     Erase(erase::Args),
+    /// What an operator looks at first: queues, outbox, idempotency tables, each tenant's last batch.
+    Status(status::Args),
 }
 
 #[cfg(test)]

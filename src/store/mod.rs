@@ -6,6 +6,7 @@ pub mod customers;
 pub mod erasure;
 pub mod outbox;
 pub mod retention;
+pub mod status;
 
 use std::time::Duration;
 

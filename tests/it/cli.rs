@@ -96,3 +96,89 @@ async fn publish_with_wait_prints_the_reply_of_the_running_service() {
     assert_eq!(reply["response"]["successful"][0]["customerID"], "CUST0719");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn status_shows_queues_outbox_idempotency_and_each_tenants_last_batch_without_customer_data()
+{
+    let mut app = TestApp::spawn().await;
+    let acme = crate::helpers::customers_body("A", 3, "Secret Name");
+    app.publish(crate::helpers::Message::upsert(&acme, "acme", "acme-1"))
+        .await;
+    app.next_reply().await;
+    let globex = br#"[{"customerID": "G-1", "customerName": "Secret Name"}, {"customerID": "G-2", "email": "not an email"}]"#;
+    app.publish(crate::helpers::Message::upsert(
+        globex, "globex", "globex-1",
+    ))
+    .await;
+    app.next_reply().await;
+    app.events(4).await;
+
+    let run = |json: bool, results_queue: String| {
+        let env = app.settings.to_env();
+        tokio::task::spawn_blocking(move || {
+            let mut command = binary();
+            command
+                .arg("status")
+                .envs(env)
+                .env("INGEST__AMQP__RESULTS_QUEUE", results_queue);
+            if json {
+                command.arg("--json");
+            }
+            command.output().unwrap()
+        })
+    };
+    let output = run(true, app.settings.amqp.results_queue.clone())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ingest = &status["queues"][0];
+    assert_eq!(ingest["name"], app.settings.amqp.ingest_queue.as_str());
+    assert_eq!(ingest["messages"], 0);
+    assert_eq!(ingest["consumers"], 1);
+    assert_eq!(status["outbox"]["pending_events"], 0);
+    assert_eq!(status["idempotency"]["retention_hours"], 168);
+    let tables: Vec<&str> = status["idempotency"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            "processed_batches",
+            "batch_chunks",
+            "batch_fingerprints",
+            "contact_resolutions"
+        ]
+    );
+    let tenants = status["tenants"].as_array().unwrap();
+    assert_eq!(tenants.len(), 2);
+    assert_eq!(tenants[0]["tenant"], "acme");
+    assert_eq!(tenants[0]["batch_id"], "acme-1");
+    assert_eq!(tenants[0]["counts"]["created"], 3);
+    assert_eq!(tenants[1]["tenant"], "globex");
+    assert_eq!(tenants[1]["status"], "partial");
+    assert_eq!(tenants[1]["counts"]["failed"], 1);
+
+    let output = run(false, "no.such.queue".to_owned()).await.unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("CONSUMERS"), "{text}");
+    assert!(
+        text.lines()
+            .any(|line| line.contains("no.such.queue") && line.ends_with("missing")),
+        "{text}"
+    );
+    assert!(
+        text.contains("globex") && text.contains("partial"),
+        "{text}"
+    );
+    assert!(!text.contains("Secret Name"), "{text}");
+    app.stop().await;
+}

@@ -8,11 +8,11 @@ use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::Filters;
-use super::text::printable;
 use crate::amqp::headers::{
     self, DEAD_LETTERED_AT, ERROR_ATTEMPTS, ERROR_CODE, ERROR_MESSAGE, REPLAY_COUNT, header_i64,
     header_str, value_i64, value_str,
 };
+use crate::cli::text::printable;
 use crate::ingest::Envelope;
 
 /// What an operator needs to decide about a dead letter, from its properties and headers.

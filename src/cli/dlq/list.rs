@@ -8,7 +8,7 @@ use lapin::Connection;
 
 use super::Filters;
 use super::scan::{Message, Scan, Visit, Visited};
-use super::text::{age, printable, shorten};
+use crate::cli::text::{age, printable, shorten};
 use crate::config::Settings;
 
 /// `list` cuts the last error here so that one message stays on one line.

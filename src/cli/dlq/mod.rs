@@ -16,7 +16,6 @@ mod purge;
 mod replay;
 mod scan;
 mod show;
-mod text;
 
 use std::collections::HashSet;
 

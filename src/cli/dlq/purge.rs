@@ -6,8 +6,8 @@ use anyhow::Context;
 use lapin::Connection;
 
 use super::scan::{Message, Scan, Visit, Visited};
-use super::text::printable;
 use super::{Filters, Selection};
+use crate::cli::text::printable;
 use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]

@@ -7,7 +7,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 
 use super::scan::{Message, Scan, Visit, Visited};
-use super::text::printable;
 use super::{Filters, Selection};
 use crate::amqp::Publisher;
 use crate::amqp::connection::user_of;
@@ -16,6 +15,7 @@ use crate::amqp::headers::{
     vouched,
 };
 use crate::amqp::publisher::{Delivered, Outgoing};
+use crate::cli::text::printable;
 use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]

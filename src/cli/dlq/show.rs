@@ -11,8 +11,8 @@ use lapin::types::AMQPValue;
 
 use super::letter::{DeadLetter, timestamp};
 use super::scan::{Message, Scan, Visit, Visited};
-use super::text::{age, printable};
 use crate::amqp::headers::value_i64;
+use crate::cli::text::{age, printable};
 use crate::config::Settings;
 
 /// The most of a body `show` prints: enough to read a batch's first records, not a 16 MiB wall.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 /// "42s", "17m", "5h", "3d": how long ago, coarsely.
-pub(super) fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub(crate) fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let seconds = (now - at).num_seconds().max(0);
     match seconds {
         0..60 => format!("{seconds}s"),
@@ -15,7 +15,7 @@ pub(super) fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 /// Header values and ids come from producers: control characters are escaped so that none of them
 /// can break a line of the listing or drive the operator's terminal.
-pub(super) fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     if !text.chars().any(char::is_control) {
         return text.to_owned();
     }
@@ -30,7 +30,7 @@ pub(super) fn printable(text: &str) -> String {
         .collect()
 }
 
-pub(super) fn shorten(text: &str, max_chars: usize) -> String {
+pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
