@@ -3,6 +3,7 @@
 pub mod dlq;
 pub mod erase;
 pub mod migrate;
+mod progress;
 pub mod publish;
 pub mod serve;
 pub mod status;

@@ -12,6 +12,7 @@ use crate::amqp::connection::user_of;
 use crate::amqp::headers::{self, ProducerMessage, header_i64};
 use crate::amqp::publisher::Outgoing;
 use crate::amqp::{Publisher, connect, topology};
+use crate::cli::progress::Progress;
 use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +99,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
 
     if let Some(mut replies) = replies {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        let mut progress = Progress::new();
+        let mut received = 0;
         loop {
             let delivery = tokio::time::timeout_at(deadline, replies.next())
                 .await
@@ -106,10 +109,14 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             delivery.acker.ack(BasicAckOptions::default()).await?;
             let reply: serde_json::Value =
                 serde_json::from_slice(&delivery.data).context("the reply is not JSON")?;
+            progress.finish();
             println!("{}", serde_json::to_string_pretty(&reply)?);
-            let part = header_i64(delivery.properties.headers(), headers::PART).unwrap_or(1);
             let parts = header_i64(delivery.properties.headers(), headers::PARTS).unwrap_or(1);
-            if part >= parts {
+            received += 1;
+            if parts > 1 {
+                progress.update(&format!("received reply part {received} of {parts}"));
+            }
+            if received >= parts {
                 break;
             }
         }

@@ -182,3 +182,46 @@ async fn status_shows_queues_outbox_idempotency_and_each_tenants_last_batch_with
     assert!(!text.contains("Secret Name"), "{text}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn publish_with_wait_prints_every_part_and_reports_the_parts_received() {
+    let app = TestApp::spawn_with(|s| s.pipeline.reply_records_per_message = 2).await;
+    let file = std::env::temp_dir().join(format!("{}.json", app.settings.amqp.ingest_queue));
+    std::fs::write(&file, crate::helpers::customers_body("P", 5, "Parted")).unwrap();
+    let env = app.settings.to_env();
+    let output = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            binary()
+                .args(["publish", file.to_str().unwrap()])
+                .args(["--type", "upsert-by-customer-id", "--tenant", "acme"])
+                .args(["--wait", "--timeout", "60"])
+                .envs(env)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    std::fs::remove_file(&file).ok();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let parts: Vec<Value> = serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(parts.len(), 3);
+    let records: usize = parts
+        .iter()
+        .map(|p| p["records"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(records, 5);
+    // Not a terminal: one plain line per part received.
+    for n in 1..=3 {
+        assert!(
+            stderr.contains(&format!("received reply part {n} of 3\n")),
+            "{stderr}"
+        );
+    }
+    app.stop().await;
+}

@@ -9,6 +9,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use super::letter::DeadLetter;
+use crate::cli::progress::Progress;
 
 /// Long runs report progress (on stderr) every this many messages read.
 const PROGRESS_EVERY: u64 = 1_000;
@@ -123,6 +124,7 @@ impl Scan {
 
     async fn visit_all(&mut self, limit: usize, command: &mut impl Visit) -> anyhow::Result<()> {
         let mut acted = 0usize;
+        let mut progress = Progress::new();
         while acted < limit {
             let Some(delivery) = self.next().await? else {
                 break;
@@ -130,7 +132,7 @@ impl Scan {
             if self.read.is_multiple_of(PROGRESS_EVERY)
                 && let Some(done) = command.progress()
             {
-                eprintln!("read {} of {}: {done}", self.read, self.total);
+                progress.update(&format!("read {} of {}: {done}", self.read, self.total));
             }
             let letter = DeadLetter::read(&delivery);
             let message = Message {
