@@ -48,6 +48,10 @@ pub struct AmqpSettings {
     pub delivery_limit: u32,
     pub prefetch: u16,
     pub recovery_timeout_secs: u64,
+    /// Only check that the queues and exchanges exist (passive declares) instead of declaring
+    /// them: for brokers where operators own the topology and the worker's user has no configure
+    /// permission.
+    pub passive_topology: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -437,6 +441,7 @@ mod tests {
         delivery_limit = 7
         prefetch = 2
         recovery_timeout_secs = 11
+        passive_topology = true
         [database]
         url = "postgres://u:p@10.0.0.2:5433/other?sslmode=disable"
         max_connections = 5

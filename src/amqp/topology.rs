@@ -4,6 +4,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
+use anyhow::Context;
+
 use crate::config::AmqpSettings;
 
 const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
@@ -17,7 +19,61 @@ fn quorum_arguments() -> FieldTable {
     arguments
 }
 
-pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
+/// Declares the queues and exchanges, or with `amqp.passive_topology` only checks that each exists
+/// (for brokers where operators own the declarations and the worker's user may not configure).
+pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> anyhow::Result<()> {
+    if settings.passive_topology {
+        return check_exists(channel, settings).await;
+    }
+    declare_all(channel, settings).await?;
+    Ok(())
+}
+
+/// Checks, by passive declares, that every queue and exchange the service uses exists. Bindings
+/// cannot be checked this way: the operator binds the dead-letter queue to its exchange.
+async fn check_exists(channel: &Channel, settings: &AmqpSettings) -> anyhow::Result<()> {
+    let passive_exchange = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let passive_queue = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let missing = |what: &str, name: &str| {
+        format!(
+            "{what} {name:?} does not exist; with amqp.passive_topology the worker only checks the \
+             topology, and an operator declares it (see README)"
+        )
+    };
+    for (name, kind) in [
+        (&settings.dead_letter_exchange, ExchangeKind::Fanout),
+        (&settings.events_exchange, ExchangeKind::Topic),
+    ] {
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                kind,
+                passive_exchange,
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| missing("exchange", name))?;
+    }
+    for name in [
+        &settings.dead_letter_queue,
+        &settings.ingest_queue,
+        &settings.results_queue,
+    ] {
+        channel
+            .queue_declare(name.as_str().into(), passive_queue, FieldTable::default())
+            .await
+            .with_context(|| missing("queue", name))?;
+    }
+    Ok(())
+}
+
+async fn declare_all(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()

@@ -23,7 +23,7 @@ struct RabbitUser {
     channel: Channel,
 }
 
-async fn rabbitmqctl(args: &[&str]) {
+pub(crate) async fn rabbitmqctl(args: &[&str]) {
     let output = tokio::process::Command::new("rabbitmqctl")
         .args(args)
         .output()

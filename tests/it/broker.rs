@@ -166,3 +166,44 @@ async fn a_deleted_ingest_queue_is_declared_again_and_consumed() {
     app.events(3).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_passive_topology_a_user_without_configure_permission_runs_the_worker() {
+    use crate::auth::rabbitmqctl;
+    use crate::helpers::{InProcessWorker, amqp_url};
+
+    // Queues and exchanges declared beforehand, as an operator would.
+    let mut app = TestApp::without_worker(|_| {}).await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (user, password) = (format!("ingest-test-{}-worker", &id[..10]), &id[10..]);
+    rabbitmqctl(&["add_user", &user, password]).await;
+    // May read and write, but not configure (declare or delete) anything.
+    rabbitmqctl(&["set_permissions", "-p", "/", &user, "^$", ".*", ".*"]).await;
+    let url = amqp_url().replacen("guest:guest", &format!("{user}:{password}"), 1);
+
+    let mut settings = app.settings.clone();
+    settings.amqp.url = url.into();
+    settings.amqp.passive_topology = true;
+    let worker = InProcessWorker::start(&settings).await;
+    let body = customers_body("K", 2, "Customer");
+    app.publish(Message::upsert(&body, "acme", "passive")).await;
+    assert_eq!(app.next_reply().await.0["status"], "completed");
+    app.events(2).await;
+    worker.stop().await;
+
+    // The same user without passive_topology cannot start: declaring needs configure permission.
+    settings.amqp.passive_topology = false;
+    let application = customer_ingest::startup::Application::build(settings.clone())
+        .await
+        .unwrap();
+    let http = application.http_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(application.run_until_stopped(stop.clone()));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let ready = reqwest::get(format!("http://{http}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_user", &user]).await;
+    app.stop().await;
+}
