@@ -57,8 +57,13 @@ pub fn init_with_export(
 }
 
 fn install(settings: &LogSettings, provider: Option<&SdkTracerProvider>) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},sqlx=warn,lapin=warn", settings.level)));
+    // The exporter's own messages (`opentelemetry*` targets) from warnings up: a failed export.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},sqlx=warn,lapin=warn,opentelemetry=warn",
+            settings.level
+        ))
+    });
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let lines = match settings.format {
         LogFormat::Json => lines.json().flatten_event(true).boxed(),
@@ -187,6 +192,8 @@ mod tests {
     }
 
     #[test]
+    // The point is an `expect` on an error that quotes data.
+    #[allow(clippy::unnecessary_literal_unwrap)]
     fn a_formatted_panic_message_is_withheld_and_a_literal_one_kept() {
         let literal = std::panic::catch_unwind(|| panic!("a literal")).unwrap_err();
         assert_eq!(literal_message(literal.as_ref()), "a literal");

@@ -128,12 +128,11 @@ async fn a_producers_trace_continues_into_the_exported_span_of_its_batch_and_ont
     wait_for("the batch's span at the collector", || {
         let spans = spans.clone();
         async move {
-            let found = spans
+            spans
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|s| hex::encode(&s.trace_id) == TRACE_ID);
-            found
+                .any(|s| hex::encode(&s.trace_id) == TRACE_ID)
         }
     })
     .await;
