@@ -31,6 +31,7 @@ pub struct Settings {
     pub dlq: DlqSettings,
     pub auth: AuthSettings,
     pub idempotency: IdempotencySettings,
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -431,6 +432,7 @@ mod tests {
 
     /// Every key set, each to something other than its default.
     const EVERY_KEY_CHANGED: &str = r#"
+        telemetry.otlp_endpoint = "http://127.0.0.1:4318"
         [amqp]
         url = "amqp://u:p@10.0.0.1:5673/vhost"
         ingest_queue = "q.ingest"

@@ -24,7 +24,9 @@
 //! 6. [`relay`] publishes the outbox to the events exchange ([`amqp::events`]), in order, after each
 //!    commit.
 //!
-//! Around it: [`config`] (settings), [`metrics`] and [`http`] (`/metrics`, `/healthz`, `/readyz`),
+//! Around it: [`config`] (settings), [`telemetry`] (logs, and spans exported over OTLP; each
+//! message's span continues its producer's W3C trace: [`amqp::trace`]), [`metrics`] and [`http`]
+//! (`/metrics`, `/healthz`, `/readyz`),
 //! [`health`] (readiness, and the gate that stops consuming while Postgres is away), [`shutdown`]
 //! (signals), [`startup`] (wiring, and the sweep that removes batch bookkeeping past the retention:
 //! [`store::retention`]) and [`cli`] (the subcommands; `erase` is [`store::erasure`]).

@@ -16,7 +16,8 @@ impl Envelope {
         }
     }
 
-    /// The envelope of an ingest message: its batch id, reply address, dialect, tenant and user.
+    /// The envelope of an ingest message: its batch id, reply address, dialect, tenant, user and
+    /// trace context.
     pub fn read(properties: &BasicProperties, body: &[u8]) -> Self {
         let text = |value: &Option<lapin::types::ShortString>| {
             value
@@ -36,6 +37,7 @@ impl Envelope {
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned),
             user_id: text(properties.user_id()),
+            trace: super::trace::read(properties),
         }
     }
 }

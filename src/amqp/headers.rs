@@ -41,6 +41,11 @@ pub const AUTHENTICATED_USER: &str = "authenticated-user";
 /// Header on an event: the customer it is about.
 pub const CUSTOMER_ID: &str = "customer_id";
 
+/// W3C trace context (the AMQP trace-context draft: application properties named as the HTTP
+/// headers): read from an ingest message, written on its replies.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
 /// The `type` property of a reply.
 pub const REPLY_TYPE: &str = "ingest-result";
 

@@ -12,13 +12,14 @@ use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Publisher;
 use super::connection::user_of;
 use super::headers::{self, header_i64, long_string, producer_user, vouched};
 use super::publisher::{Delivered, Outgoing};
-use super::replies;
+use super::{replies, trace};
 use crate::codes::RejectionCode;
 use crate::config::{AmqpSettings, PipelineSettings};
 use crate::dialect::Rejection;
@@ -69,10 +70,19 @@ impl Inbound {
         }
     }
 
-    /// Processes one delivery and settles it. Never panics on input; a delivery that could not be
-    /// finished is handed back for the broker to redeliver.
-    #[tracing::instrument(skip_all, fields(batch_id, tenant, dialect))]
+    /// Processes one delivery and settles it, in a span that continues the producer's trace (see
+    /// [`trace::process_span`]). Never panics on input; a delivery that could not be finished is
+    /// handed back for the broker to redeliver.
     pub async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
+        let envelope = Envelope::read_by(&delivery.properties, &delivery.data, &self.service_user);
+        // Made before it is entered: entering starts the exported span, whose parent is then fixed.
+        let span = trace::process_span(&self.amqp.ingest_queue, &delivery.properties, &envelope);
+        self.settle(delivery, envelope, publisher)
+            .instrument(span)
+            .await
+    }
+
+    async fn settle(&self, delivery: Delivery, envelope: Envelope, publisher: &Publisher) {
         let started = Instant::now();
         let started_at = Utc::now();
         self.metrics.in_flight.inc();
@@ -81,15 +91,6 @@ impl Inbound {
         }
         if header_i64(delivery.properties.headers(), headers::REPLAY_COUNT).is_some() {
             self.metrics.replays.inc();
-        }
-        let envelope = Envelope::read_by(&delivery.properties, &delivery.data, &self.service_user);
-        let span = tracing::Span::current();
-        span.record("batch_id", envelope.batch_id.as_str());
-        if let Some(tenant) = &envelope.tenant {
-            span.record("tenant", tenant.as_str());
-        }
-        if let Some(dialect) = &envelope.dialect {
-            span.record("dialect", dialect.as_str());
         }
         let dialect_label = envelope.dialect_label();
 
@@ -110,6 +111,7 @@ impl Inbound {
             });
         let outcome = match processed {
             Ok(reply) => {
+                trace::record_count(&tracing::Span::current(), reply.counts.total);
                 fail::fail_point!("batch-before-reply", |_| crate::failpoints::crash());
                 let outcome = reply.status.as_str();
                 self.send_reply(publisher, &envelope, reply)
@@ -220,8 +222,14 @@ impl Inbound {
             .reply_to
             .as_deref()
             .unwrap_or(&self.amqp.results_queue);
-        let parts = replies::parts(reply, self.reply_records_per_message, self.reply_max_bytes)
-            .map_err(|error| Unfinished::Failed(anyhow::Error::new(error).context("the reply")))?;
+        let trace = trace::outgoing(&tracing::Span::current(), envelope.trace.as_ref());
+        let parts = replies::parts(
+            reply,
+            self.reply_records_per_message,
+            self.reply_max_bytes,
+            trace.as_ref(),
+        )
+        .map_err(|error| Unfinished::Failed(anyhow::Error::new(error).context("the reply")))?;
         let messages: Vec<Outgoing> = parts
             .iter()
             .map(|(body, properties)| Outgoing {

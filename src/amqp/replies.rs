@@ -5,26 +5,29 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use super::headers::{self, long_string};
 use super::publisher::json_properties;
+use super::trace;
+use crate::ingest::TraceContext;
 use crate::reply::Reply;
 
 /// The body and properties of every part of `reply`, at most `records_per_message` records and
-/// `max_bytes` bytes each.
+/// `max_bytes` bytes each; each part carries `trace` (see [`trace::outgoing`]).
 pub fn parts(
     reply: Reply,
     records_per_message: usize,
     max_bytes: usize,
+    trace: Option<&TraceContext>,
 ) -> serde_json::Result<Vec<(Vec<u8>, BasicProperties)>> {
     Ok(reply
         .into_parts(records_per_message, max_bytes)?
         .into_iter()
         .map(|(part, body)| {
-            let properties = properties(&part);
+            let properties = properties(&part, trace);
             (body, properties)
         })
         .collect())
 }
 
-fn properties(part: &Reply) -> BasicProperties {
+fn properties(part: &Reply, trace: Option<&TraceContext>) -> BasicProperties {
     let mut table = FieldTable::default();
     table.insert(headers::BATCH_ID.into(), long_string(&part.batch_id));
     table.insert(headers::STATUS.into(), long_string(part.status.as_str()));
@@ -38,6 +41,9 @@ fn properties(part: &Reply) -> BasicProperties {
     );
     if let Some(tenant) = &part.tenant {
         table.insert(headers::TENANT.into(), long_string(tenant));
+    }
+    if let Some(context) = trace {
+        trace::write(&mut table, context);
     }
     let mut properties = json_properties()
         .with_message_id(format!("{}:{}", part.batch_id, part.part.index).into())

@@ -46,6 +46,17 @@ pub struct Envelope {
     /// The AMQP user that published the message, as the broker vouches for it (see
     /// [`crate::config::AuthMode::UserId`]); `None` when the message names none.
     pub user_id: Option<String>,
+    /// The producer's W3C trace context, when it sent a valid one: the worker's span continues its
+    /// trace, and the reply carries it on.
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C trace context (<https://www.w3.org/TR/trace-context/>) as it travels in message headers:
+/// a valid `traceparent` and, if any, the `tracestate` that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
 }
 
 impl Envelope {

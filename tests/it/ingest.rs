@@ -60,6 +60,7 @@ fn envelope(batch_id: &str, tenant: Option<&str>, dialect: Option<&str>) -> Enve
         dialect: dialect.map(str::to_owned),
         tenant: tenant.map(str::to_owned),
         user_id: None,
+        trace: None,
     }
 }
 

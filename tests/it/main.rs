@@ -17,5 +17,6 @@ mod ingest;
 mod match_by_contact;
 mod pipeline;
 mod retention;
+mod tracing;
 mod trust;
 mod upsert_by_id;
