@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
+# tests/it/prometheus.rs runs a real Prometheus against a worker.
+bash scripts/install-prometheus.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --features failpoints --no-fail-fast \

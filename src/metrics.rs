@@ -169,7 +169,9 @@ impl Metrics {
         metrics
     }
 
-    fn register_all(&self) {
+    /// Every collector of this struct, each registered once by `register_all` and listed by
+    /// `families`.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.messages.clone()),
             Box::new(self.records.clone()),
@@ -190,11 +192,43 @@ impl Metrics {
             Box::new(self.replays.clone()),
             Box::new(self.retention_removed.clone()),
         ];
-        for collector in collectors {
+        collectors
+    }
+
+    fn register_all(&self) {
+        for collector in self.collectors() {
             self.registry
                 .register(collector)
                 .expect("each metric is registered once");
         }
+    }
+
+    /// Every metric family this service registers, those without a series yet included: a labelled
+    /// counter (`dead_lettered_total{reason}`, say) shows in `/metrics` only once it has counted
+    /// something, but dashboards and alerts may use it from the start.
+    pub fn families(&self) -> Vec<Family> {
+        let mut families: Vec<Family> = self
+            .collectors()
+            .iter()
+            .flat_map(|collector| {
+                let labels: Vec<Vec<String>> = collector
+                    .desc()
+                    .iter()
+                    .map(|desc| desc.variable_labels.clone())
+                    .collect();
+                collector
+                    .collect()
+                    .into_iter()
+                    .zip(labels)
+                    .map(|(family, labels)| Family {
+                        name: format!("{PREFIX}_{}", family.name()),
+                        kind: family.get_field_type(),
+                        labels,
+                    })
+            })
+            .collect();
+        families.sort_by(|a, b| a.name.cmp(&b.name));
+        families
     }
 
     /// The Prometheus text exposition of every metric.
@@ -204,6 +238,35 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buffer)
             .expect("encoding metrics to memory cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// One metric family as `/metrics` shows it.
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// The full name, prefix included.
+    pub name: String,
+    pub kind: prometheus::proto::MetricType,
+    /// The label names a series carries (besides a histogram's `le`).
+    pub labels: Vec<String>,
+}
+
+impl Family {
+    /// The names its samples carry: a histogram's `_bucket`, `_sum` and `_count`, else its name.
+    pub fn sample_names(&self) -> Vec<String> {
+        use prometheus::proto::MetricType;
+        match self.kind {
+            MetricType::HISTOGRAM => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|suffix| format!("{}{suffix}", self.name))
+                .collect(),
+            MetricType::SUMMARY => vec![
+                self.name.clone(),
+                format!("{}_sum", self.name),
+                format!("{}_count", self.name),
+            ],
+            _ => vec![self.name.clone()],
+        }
     }
 }
 
@@ -229,5 +292,33 @@ mod tests {
             "customer_ingest_messages_total{dialect=\"upsert-by-customer-id\",outcome=\"completed\"} 1"
         ));
         assert!(text.contains("# HELP customer_ingest_outbox_pending"));
+    }
+
+    #[test]
+    fn families_list_labelled_metrics_that_have_not_counted_yet() {
+        let metrics = Metrics::new();
+        let families = metrics.families();
+        let dead_lettered = families
+            .iter()
+            .find(|f| f.name == "customer_ingest_dead_lettered_total")
+            .expect("dead_lettered_total is listed");
+        assert_eq!(dead_lettered.labels, ["reason"]);
+        assert!(
+            !metrics
+                .render()
+                .contains("customer_ingest_dead_lettered_total")
+        );
+        let batch = families
+            .iter()
+            .find(|f| f.name == "customer_ingest_batch_duration_seconds")
+            .expect("batch_duration_seconds is listed");
+        assert_eq!(
+            batch.sample_names(),
+            [
+                "customer_ingest_batch_duration_seconds_bucket",
+                "customer_ingest_batch_duration_seconds_sum",
+                "customer_ingest_batch_duration_seconds_count"
+            ]
+        );
     }
 }
