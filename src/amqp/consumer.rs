@@ -177,22 +177,35 @@ impl Supervisor {
     ) {
         let mut held = Vec::new();
         let mut copied = 0;
-        // The messages in hand are let finish first (within the drain deadline): each
-        // acknowledgement frees a slot the broker may fill, so the cancel waits for the last one.
-        let give_up_at = tokio::time::Instant::now() + self.drain_deadline;
+        // An acknowledgement frees a slot the broker may fill, and a delivery sent for one made
+        // just before the cancel may arrive after it: so the cancel waits until neither a delivery
+        // has arrived nor a message in hand has finished for `QUIET`. The messages in hand are let
+        // finish for up to half the drain deadline; past that, one still running acknowledges after
+        // the cancel, which the broker has processed by then, so nothing is sent for it.
+        let give_up_at = tokio::time::Instant::now() + self.drain_deadline / 2;
+        let mut in_hand = tracker.len();
+        let mut changed_at = tokio::time::Instant::now();
         loop {
             match tokio::time::timeout(QUIET, consumer.next()).await {
                 Ok(Some(Ok(delivery))) => {
+                    changed_at = tokio::time::Instant::now();
                     if self.inbound.copy_back(&delivery, publisher).await {
                         copied += 1;
                         held.push(delivery);
                     }
                 }
                 Ok(_) => break,
-                Err(_) if tracker.is_empty() || tokio::time::Instant::now() >= give_up_at => {
-                    break;
+                Err(_) => {
+                    let now = tokio::time::Instant::now();
+                    if tracker.len() != in_hand {
+                        in_hand = tracker.len();
+                        changed_at = now;
+                    }
+                    let waited_enough = in_hand == 0 || now >= give_up_at;
+                    if waited_enough && now.duration_since(changed_at) >= QUIET {
+                        break;
+                    }
                 }
-                Err(_) => {}
             }
         }
         let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
