@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
-/// The prefix and separator of the environment variables read over the files: `INGEST__AMQP__URL`
-/// sets `amqp.url`.
+/// The prefix and separator of the variables over the files: `INGEST__AMQP__URL` is `amqp.url`.
 const ENV_PREFIX: &str = "INGEST";
 const ENV_SEPARATOR: &str = "__";
 
@@ -31,6 +30,7 @@ pub struct Settings {
     pub dlq: DlqSettings,
     pub auth: AuthSettings,
     pub idempotency: IdempotencySettings,
+    pub events: crate::events::EventsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -470,6 +470,8 @@ mod tests {
         [idempotency]
         retention_hours = 24
         sweep_interval_secs = 60
+        [events]
+        mode = "batch"
     "#;
 
     fn from_toml(text: &str) -> Settings {

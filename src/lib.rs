@@ -37,6 +37,7 @@ pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod dialect;
+pub mod events;
 pub mod failpoints;
 pub mod health;
 pub mod http;

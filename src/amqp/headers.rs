@@ -40,6 +40,8 @@ pub const PARTS: &str = "parts";
 pub const AUTHENTICATED_USER: &str = "authenticated-user";
 /// Header on an event: the customer it is about.
 pub const CUSTOMER_ID: &str = "customer_id";
+/// Header on a batch of events: how many it holds.
+pub const EVENT_COUNT: &str = "event_count";
 
 /// The `type` property of a reply.
 pub const REPLY_TYPE: &str = "ingest-result";

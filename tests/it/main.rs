@@ -11,6 +11,7 @@ mod contention;
 mod customers_v1;
 mod disruptive;
 mod dlq;
+mod events;
 mod faults;
 mod helpers;
 mod ingest;
