@@ -21,8 +21,9 @@
 //!    delivery acknowledged; a message that can never be processed is dead-lettered and answered
 //!    `rejected`, one that met a database outage is handed back as a fresh copy, and any other failure
 //!    is requeued until its last allowed delivery dead-letters it.
-//! 6. [`relay`] publishes the outbox to the events exchange ([`amqp::events`]), in order, after each
-//!    commit.
+//! 6. [`relay`] publishes the outbox to the events exchange, in order, after each commit: the
+//!    changes as CloudEvents ([`events`]: one message per event, or per chunk in batch mode, routed
+//!    by kind and tenant), put on the broker by [`amqp::events`].
 //!
 //! Around it: [`config`] (settings), [`metrics`] and [`http`] (`/metrics`, `/healthz`, `/readyz`),
 //! [`health`] (readiness, and the gate that stops consuming while Postgres is away), [`shutdown`]

@@ -81,7 +81,7 @@ async fn drain(app: &TestApp, consumer: &mut Consumer) -> Vec<Delivered> {
     messages
 }
 
-fn text<'a>(value: &'a Option<lapin::types::ShortString>) -> &'a str {
+fn text(value: &Option<lapin::types::ShortString>) -> &str {
     value.as_ref().map_or("", |s| s.as_str())
 }
 
