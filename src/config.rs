@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
-/// The prefix and separator of the environment variables read over the files: `INGEST__AMQP__URL`
-/// sets `amqp.url`.
+/// The prefix and separator of the variables over the files: `INGEST__AMQP__URL` is `amqp.url`.
 const ENV_PREFIX: &str = "INGEST";
 const ENV_SEPARATOR: &str = "__";
 
@@ -32,6 +31,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub idempotency: IdempotencySettings,
     pub telemetry: crate::telemetry::TelemetrySettings,
+    pub events: crate::events::EventsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

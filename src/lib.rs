@@ -21,8 +21,9 @@
 //!    delivery acknowledged; a message that can never be processed is dead-lettered and answered
 //!    `rejected`, one that met a database outage is handed back as a fresh copy, and any other failure
 //!    is requeued until its last allowed delivery dead-letters it.
-//! 6. [`relay`] publishes the outbox to the events exchange ([`amqp::events`]), in order, after each
-//!    commit.
+//! 6. [`relay`] publishes the outbox to the events exchange, in order, after each commit: the
+//!    changes as CloudEvents ([`events`]: one message per event, or per chunk in batch mode, routed
+//!    by kind and tenant), put on the broker by [`amqp::events`].
 //!
 //! Around it: [`config`] (settings), [`telemetry`] (logs, and spans exported over OTLP; each
 //! message's span continues its producer's W3C trace: [`amqp::trace`]), [`metrics`] and [`http`]
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod dialect;
+pub mod events;
 pub mod failpoints;
 pub mod health;
 pub mod http;

@@ -2,7 +2,8 @@
 //!
 //! Woken after each chunk commit, and polls as a fallback (for events another process or a crash
 //! left behind). An event is deleted from the outbox only after the broker confirmed it, so every
-//! event is published at least once, under the same `event_id` every time.
+//! event is published at least once, under the same id every time; in batch mode a chunk's
+//! message, too, goes out again whole under the same message id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{Publisher, events};
 use crate::config::RelaySettings;
+use crate::events::EventsMode;
 use crate::metrics::Metrics;
-use crate::store::outbox::{self, PendingEvent};
+use crate::store::outbox;
 
 pub struct Relay {
     pub pool: PgPool,
     pub settings: RelaySettings,
     pub exchange: String,
+    /// One message per event, or one per committed chunk.
+    pub mode: EventsMode,
     pub metrics: Metrics,
     pub wakeup: Arc<Notify>,
     pub publisher: watch::Receiver<Option<Publisher>>,
@@ -80,25 +84,15 @@ impl Relay {
                 return false;
             }
         };
-        if claim.events.is_empty() {
+        let count = claim.event_count();
+        if count == 0 {
             return false;
         }
-        let bodies: Vec<Vec<u8>> = claim.events.iter().map(event_body).collect();
-        let messages: Vec<events::Event> = claim
-            .events
-            .iter()
-            .zip(&bodies)
-            .map(|(event, body)| events::Event {
-                id: event.event_id,
-                kind: &event.routing_key,
-                tenant: &event.tenant,
-                customer_id: event.customer_id,
-                body,
-            })
-            .collect();
-        let count = messages.len();
+        let messages = crate::events::messages(self.mode, &claim.chunks);
         fail::fail_point!("relay-before-publish", |_| crate::failpoints::crash());
-        if let Err(error) = events::publish(publisher, &self.exchange, &messages).await {
+        let published = events::publish(publisher, &self.exchange, &messages).await;
+        drop(messages);
+        if let Err(error) = published {
             // The claim is rolled back: the same events, with the same ids, go out on the next try.
             tracing::warn!(error = ?error, "publishing events failed; will retry");
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -132,32 +126,4 @@ impl Relay {
             self.metrics.outbox_oldest_pending_age.set(age);
         }
     }
-}
-
-/// The event body, serialized straight from the outbox row (no copy of the customer document).
-#[derive(serde::Serialize)]
-struct EventBody<'a> {
-    event_id: uuid::Uuid,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    tenant: &'a str,
-    customer_id: uuid::Uuid,
-    version: i64,
-    batch_id: &'a str,
-    occurred_at: chrono::DateTime<chrono::Utc>,
-    customer: &'a serde_json::value::RawValue,
-}
-
-fn event_body(event: &PendingEvent) -> Vec<u8> {
-    serde_json::to_vec(&EventBody {
-        event_id: event.event_id,
-        kind: &event.routing_key,
-        tenant: &event.tenant,
-        customer_id: event.customer_id,
-        version: event.version,
-        batch_id: &event.batch_id,
-        occurred_at: event.occurred_at,
-        customer: &event.customer,
-    })
-    .expect("an event always serializes")
 }

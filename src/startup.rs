@@ -119,6 +119,7 @@ impl Application {
                 pool: pool.clone(),
                 settings: settings.relay.clone(),
                 exchange: settings.amqp.events_exchange.clone(),
+                mode: settings.events.mode,
                 metrics: metrics.clone(),
                 wakeup: relay_wakeup,
                 publisher: publisher_rx,

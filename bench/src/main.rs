@@ -36,6 +36,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use customer_ingest::config::Settings;
+use customer_ingest::events::EventsMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,6 +77,27 @@ pub struct Args {
     /// The longest one phase may take, in seconds, before the bench gives up on it.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
+    /// How the workers publish events (events.mode): a message per event, or a message per
+    /// committed chunk. Without it, the settings' mode (per-customer by default). The report's
+    /// `settings.events_mode` says which ran.
+    #[arg(long, value_enum)]
+    events_mode: Option<EventsModeArg>,
+}
+
+/// `--events-mode`, spelled as `events.mode` is.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EventsModeArg {
+    PerCustomer,
+    Batch,
+}
+
+impl From<EventsModeArg> for EventsMode {
+    fn from(mode: EventsModeArg) -> Self {
+        match mode {
+            EventsModeArg::PerCustomer => EventsMode::PerCustomer,
+            EventsModeArg::Batch => EventsMode::Batch,
+        }
+    }
 }
 
 #[tokio::main]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use customer_ingest::config::Settings;
+use customer_ingest::events::EventsMode;
 use serde::Serialize;
 use sqlx::Connection as _;
 
@@ -57,6 +58,8 @@ pub struct BenchSettings {
     pub prefetch: u16,
     pub max_connections: u32,
     pub relay_batch_size: i64,
+    /// `events.mode`: `per-customer` (a message per event) or `batch` (a message per chunk).
+    pub events_mode: EventsMode,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +89,9 @@ pub struct Phase {
     /// Whether VmHWM was reset at the start of the phase (otherwise it covers the worker's life).
     pub peak_rss_per_phase: bool,
     pub events: u64,
+    /// The broker messages that carried `events`: as many in per-customer mode, one per chunk in
+    /// batch mode.
+    pub event_messages: u64,
     pub cpu: CpuUse,
     /// Average Postgres sessions of the workers in each state (sampled every 100 ms): `CPU` is
     /// running, `idle in transaction` is waiting on the worker mid-transaction, the rest are wait

@@ -49,16 +49,55 @@ pub struct Rig {
     shutdown_deadline: Duration,
 }
 
+/// Events received, by kind, and the broker messages that carried them (one per event, or one per
+/// chunk in batch mode).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventCounts {
     pub created: u64,
     pub updated: u64,
     pub other: u64,
+    pub messages: u64,
 }
 
 impl EventCounts {
     pub fn total(&self) -> u64 {
         self.created + self.updated + self.other
+    }
+
+    /// The counts of one message: a per-customer event is known by its routing key
+    /// (`customer.<kind>.<tenant>`); a batch (`customer.batch.<tenant>`) is read for its events'
+    /// types, and nothing more of it.
+    fn of(routing_key: &str, body: &[u8]) -> EventCounts {
+        #[derive(serde::Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: &'a str,
+        }
+        let mut counts = EventCounts {
+            messages: 1,
+            ..EventCounts::default()
+        };
+        let mut add = |kind: &str| match kind {
+            "customer.created" => counts.created += 1,
+            "customer.updated" => counts.updated += 1,
+            _ => counts.other += 1,
+        };
+        match routing_key.split('.').nth(1) {
+            Some("batch") => match serde_json::from_slice::<Vec<Kind>>(body) {
+                Ok(events) => events.iter().for_each(|event| add(event.kind)),
+                Err(_) => add("unreadable"),
+            },
+            Some(kind) => add(&format!("customer.{kind}")),
+            None => add("unroutable"),
+        }
+        counts
+    }
+
+    fn add(&mut self, other: EventCounts) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.other += other.other;
+        self.messages += other.messages;
     }
 }
 
@@ -163,15 +202,13 @@ impl Rig {
                 Ok((replies, events))
             })
             .await?;
-        // Only the routing key is read: the bench shares the machine with what it measures, and
-        // parsing a few hundred thousand events would take CPU from the worker.
+        // Per customer only the routing key is read: the bench shares the machine with what it
+        // measures, and parsing a few hundred thousand events would take CPU from the worker. A
+        // batch is read for its events' types only.
         let events_task = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(Ok(delivery)) = event_deliveries.next().await {
-                events_tx.send_modify(|counts| match delivery.routing_key.as_str() {
-                    "customer.created" => counts.created += 1,
-                    "customer.updated" => counts.updated += 1,
-                    _ => counts.other += 1,
-                });
+                let counts = EventCounts::of(delivery.routing_key.as_str(), &delivery.data);
+                events_tx.send_modify(|total| total.add(counts));
             }
         }));
 

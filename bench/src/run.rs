@@ -20,10 +20,16 @@ use crate::rig::Rig;
 use crate::worker::service_binary;
 use crate::workload::{TENANT, bulk_body};
 
-pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
+    if let Some(mode) = args.events_mode {
+        settings.events.mode = mode.into();
+    }
     validate(&settings, &args)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    eprintln!("bench {run_id}: M={} K={}", args.messages, args.customers);
+    eprintln!(
+        "bench {run_id}: M={} K={} events.mode={:?}",
+        args.messages, args.customers, settings.events.mode
+    );
     let ledger = Ledger::default();
     let mut warnings = Vec::new();
     let stop = CancellationToken::new();
@@ -186,6 +192,7 @@ async fn bench(
             prefetch: args.prefetch,
             max_connections: settings.database.max_connections,
             relay_batch_size: settings.relay.batch_size,
+            events_mode: settings.events.mode,
         },
         insert: insert.into_phase(ceiling.customers_per_sec),
         update: update.into_phase(ceiling.customers_per_sec),

@@ -1,53 +1,56 @@
-//! Customer-state events as broker messages: their properties and headers, published with confirms.
+//! Customer-state events on the broker: each [`Message`] of [`crate::events`] with its properties
+//! and headers, published in order with confirms.
+//!
+//! Every message: `message_id` (the event's id, or the batch's), `type` (the event's type, or
+//! `customer.batch`), `content_type`, `timestamp`, persistent delivery, and the `tenant` header;
+//! one event also carries `customer_id`, a batch `event_count`.
 
 use lapin::BasicProperties;
-use lapin::types::FieldTable;
-use uuid::Uuid;
+use lapin::types::{AMQPValue, FieldTable};
 
 use super::Publisher;
-use super::headers::{CUSTOMER_ID, TENANT, long_string};
-use super::publisher::{Outgoing, json_properties};
+use super::headers::{CUSTOMER_ID, EVENT_COUNT, TENANT, long_string};
+use super::publisher::Outgoing;
+use crate::events::{Holds, Message};
 
-/// One event to publish, with its body already serialized.
-pub struct Event<'a> {
-    /// Stable across re-publishes: consumers drop duplicates by it.
-    pub id: Uuid,
-    /// The event's kind, also its routing key (`customer.created`, ...).
-    pub kind: &'a str,
-    pub tenant: &'a str,
-    pub customer_id: Uuid,
-    pub body: &'a [u8],
-}
-
-/// Publishes the events to `exchange`, in order, and waits for every confirm.
+/// Publishes the messages to `exchange`, in order, and waits for every confirm.
 pub async fn publish(
     publisher: &Publisher,
     exchange: &str,
-    events: &[Event<'_>],
+    messages: &[Message<'_>],
 ) -> anyhow::Result<()> {
-    let messages: Vec<Outgoing> = events
+    let outgoing: Vec<Outgoing> = messages
         .iter()
-        .map(|event| Outgoing {
+        .map(|message| Outgoing {
             exchange,
-            routing_key: event.kind,
-            body: event.body,
-            properties: properties(event),
+            routing_key: &message.routing_key,
+            body: &message.body,
+            properties: properties(message),
             mandatory: false,
         })
         .collect();
-    publisher.publish_all(&messages).await?;
+    publisher.publish_all(&outgoing).await?;
     Ok(())
 }
 
-fn properties(event: &Event) -> BasicProperties {
+fn properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
-    headers.insert(TENANT.into(), long_string(event.tenant));
-    headers.insert(
-        CUSTOMER_ID.into(),
-        long_string(&event.customer_id.to_string()),
-    );
-    json_properties()
-        .with_message_id(event.id.to_string().into())
-        .with_type(event.kind.into())
+    headers.insert(TENANT.into(), long_string(message.tenant));
+    match message.holds {
+        Holds::One { customer_id } => {
+            headers.insert(CUSTOMER_ID.into(), long_string(&customer_id.to_string()));
+        }
+        Holds::Batch { event_count } => {
+            let count = i64::try_from(event_count).unwrap_or(i64::MAX);
+            headers.insert(EVENT_COUNT.into(), AMQPValue::LongLongInt(count));
+        }
+    }
+    // The W3C `traceparent` header of the events' trace goes here.
+    BasicProperties::default()
+        .with_content_type(message.content_type.into())
+        .with_delivery_mode(2)
+        .with_message_id(message.id.to_string().into())
+        .with_type(message.kind.into())
+        .with_timestamp(message.time.timestamp().max(0) as u64)
         .with_headers(headers)
 }

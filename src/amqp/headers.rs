@@ -40,6 +40,8 @@ pub const PARTS: &str = "parts";
 pub const AUTHENTICATED_USER: &str = "authenticated-user";
 /// Header on an event: the customer it is about.
 pub const CUSTOMER_ID: &str = "customer_id";
+/// Header on a batch of events: how many it holds.
+pub const EVENT_COUNT: &str = "event_count";
 
 /// W3C trace context (the AMQP trace-context draft: application properties named as the HTTP
 /// headers): read from an ingest message, written on its replies.

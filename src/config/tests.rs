@@ -59,6 +59,8 @@ const EVERY_KEY_CHANGED: &str = r#"
     [idempotency]
     retention_hours = 24
     sweep_interval_secs = 60
+    [events]
+    mode = "batch"
 "#;
 
 fn from_toml(text: &str) -> Settings {

@@ -4,32 +4,41 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::events::EventType;
+
 /// Any constant works; it names "the relay" among this database's advisory locks.
 pub(super) const RELAY_LOCK: i64 = 0x6375_7374_6f75_7462; // "custoutb"
+
+/// One claimed outbox row: the events of one committed chunk, in the order they are published.
+#[derive(Debug)]
+pub struct PendingChunk {
+    /// The outbox row: rows are published in this order, which is commit order per customer.
+    pub row: i64,
+    pub tenant: String,
+    pub batch_id: String,
+    pub events: Vec<PendingEvent>,
+}
 
 /// One event of a claimed outbox row.
 #[derive(Debug, serde::Deserialize)]
 pub struct PendingEvent {
     pub event_id: Uuid,
-    pub routing_key: String,
-    #[serde(skip)]
-    pub tenant: String,
+    #[serde(rename = "routing_key")]
+    pub kind: EventType,
     pub customer_id: Uuid,
     pub version: i64,
-    #[serde(skip)]
-    pub batch_id: String,
     pub occurred_at: DateTime<Utc>,
     /// The customer document as it is stored: it is copied into the event body as it is.
     pub customer: Box<serde_json::value::RawValue>,
 }
 
-/// Oldest-first events claimed by this relay. Only one relay, across all processes, holds a claim at
-/// a time (a transaction-level advisory lock), so events leave in `id` order, which is version order
-/// per customer. Dropping the claim without [`Claim::finish`] releases the events for the next try.
+/// Oldest-first chunks claimed by this relay. Only one relay, across all processes, holds a claim
+/// at a time (a transaction-level advisory lock), so events leave in `id` order, which is version
+/// order per customer. Dropping the claim without [`Claim::finish`] releases the events for the
+/// next try, which reads the same rows, so the same events and batches go out again.
 pub struct Claim {
     tx: Transaction<'static, Postgres>,
-    rows: Vec<i64>,
-    pub events: Vec<PendingEvent>,
+    pub chunks: Vec<PendingChunk>,
 }
 
 /// Claims up to `limit` pending events, or returns `None` when another relay holds the claim.
@@ -56,25 +65,35 @@ pub async fn claim(pool: &PgPool, limit: i64) -> Result<Option<Claim>, sqlx::Err
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    let mut events = Vec::new();
-    for (_, tenant, batch_id, text) in &rows {
-        let chunk: Vec<PendingEvent> =
-            serde_json::from_str(text).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-        events.extend(chunk.into_iter().map(|event| PendingEvent {
-            tenant: tenant.clone(),
-            batch_id: batch_id.clone(),
-            ..event
-        }));
+    let mut chunks = Vec::with_capacity(rows.len());
+    for (row, tenant, batch_id, text) in rows {
+        let events: Vec<PendingEvent> =
+            serde_json::from_str(&text).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        chunks.push(PendingChunk {
+            row,
+            tenant,
+            batch_id,
+            events,
+        });
     }
-    let rows = rows.into_iter().map(|(id, ..)| id).collect();
-    Ok(Some(Claim { tx, rows, events }))
+    Ok(Some(Claim { tx, chunks }))
 }
 
 impl Claim {
+    /// The events claimed, across all chunks.
+    pub fn event_count(&self) -> usize {
+        self.chunks.iter().map(|chunk| chunk.events.len()).sum()
+    }
+
     /// Marks the claimed events done (they were published and confirmed) by deleting them.
     pub async fn finish(mut self) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&self.rows)
+            .bind(
+                self.chunks
+                    .iter()
+                    .map(|chunk| chunk.row)
+                    .collect::<Vec<i64>>(),
+            )
             .execute(&mut *self.tx)
             .await?;
         self.tx.commit().await

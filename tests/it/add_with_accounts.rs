@@ -75,7 +75,7 @@ async fn the_seed_example_adds_a_customer_with_its_account_in_the_apis_response_
 
     let events = app.events(1).await;
     assert_eq!(events[0].0["type"], "customer.created");
-    assert_eq!(events[0].0["customer"]["account"]["creditLimit"], 500.0);
+    assert_eq!(events[0].0["data"]["account"]["creditLimit"], 500.0);
     app.stop().await;
 }
 

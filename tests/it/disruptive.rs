@@ -304,7 +304,7 @@ async fn rabbitmq_restarted_twice_during_100_batches_loses_nothing_and_applies_n
     .await;
     let mut event_ids = HashSet::new();
     for event in drain_durable(&events_queue).await {
-        event_ids.insert(event["event_id"].as_str().unwrap().to_owned());
+        event_ids.insert(event["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(
         event_ids.len(),

@@ -396,14 +396,11 @@ async fn two_worker_processes_racing_over_the_same_customers_in_opposite_orders_
     let mut last_version: HashMap<String, i64> = HashMap::new();
     let mut last_name: HashMap<String, String> = HashMap::new();
     for event in &events {
-        let customer = event["customer_id"].as_str().unwrap().to_owned();
-        let version = event["version"].as_i64().unwrap();
+        let customer = event["subject"].as_str().unwrap().to_owned();
+        let version = event["customerversion"].as_i64().unwrap();
         let previous = last_version.insert(customer.clone(), version).unwrap_or(0);
         assert!(version > previous, "events of a customer in version order");
-        last_name.insert(
-            customer,
-            event["customer"]["name"].as_str().unwrap().to_owned(),
-        );
+        last_name.insert(customer, event["data"]["name"].as_str().unwrap().to_owned());
     }
     let stored: Vec<(uuid::Uuid, Value)> = sqlx::query_as("SELECT id, data FROM customers")
         .fetch_all(&app.pool)
@@ -413,10 +410,7 @@ async fn two_worker_processes_racing_over_the_same_customers_in_opposite_orders_
         assert_eq!(last_version[&id.to_string()], BATCHES as i64);
         assert_eq!(data["name"].as_str().unwrap(), last_name[&id.to_string()]);
     }
-    let distinct: HashSet<&str> = events
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
+    let distinct: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(distinct.len(), BATCHES * CUSTOMERS);
     for worker in &mut workers {
         assert!(terminate(worker).await.success());

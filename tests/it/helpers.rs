@@ -241,8 +241,9 @@ impl TestApp {
         events
     }
 
-    /// Every event, once the outbox has drained, by event id. Events are published at least once:
-    /// after a fault an event may arrive twice, but always under the same id with the same body.
+    /// Every event, once the outbox has drained, by event id (CloudEvents `id`), whether it came alone
+    /// or in a batch. Events are published at least once: after a fault an event may arrive twice,
+    /// but always under the same id with the same body.
     pub async fn distinct_events(&mut self) -> HashMap<String, Value> {
         wait_for("the outbox to drain", || async {
             let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
@@ -254,7 +255,7 @@ impl TestApp {
         .await;
         let mut distinct = HashMap::new();
         for event in self.drain_events(Duration::from_secs(1)).await {
-            let id = event["event_id"].as_str().unwrap().to_owned();
+            let id = event["id"].as_str().unwrap().to_owned();
             if let Some(seen) = distinct.get(&id) {
                 assert_eq!(seen, &event, "a re-published event is the same event");
             }
@@ -345,11 +346,15 @@ impl TestApp {
         }
     }
 
-    /// Every event that arrives until none has for `quiet`.
+    /// Every event that arrives until none has for `quiet`, in the order they arrived: the events
+    /// of a batch message (a JSON array) one by one.
     pub async fn drain_events(&mut self, quiet: Duration) -> Vec<Value> {
         let mut events = Vec::new();
         while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.events.next()).await {
-            events.push(serde_json::from_slice(&delivery.data).unwrap());
+            match serde_json::from_slice(&delivery.data).unwrap() {
+                Value::Array(batch) => events.extend(batch),
+                event => events.push(event),
+            }
         }
         events
     }

@@ -12,6 +12,7 @@ mod customers_v1;
 mod dashboard;
 mod disruptive;
 mod dlq;
+mod events;
 mod faults;
 mod helpers;
 mod ingest;

@@ -142,9 +142,9 @@ async fn the_seed_sample_body_is_applied_and_answered_with_one_row_per_customer(
     let events = app.events(1).await;
     let (event, _) = &events[0];
     assert_eq!(event["type"], "customer.created");
-    assert_eq!(event["customer_id"], records[0]["id"]);
-    assert_eq!(event["customer"]["email"], "ada.lovelace@example.com");
-    assert_eq!(event["customer"]["address"]["state"], "IL");
+    assert_eq!(event["subject"], records[0]["id"]);
+    assert_eq!(event["data"]["email"], "ada.lovelace@example.com");
+    assert_eq!(event["data"]["address"]["state"], "IL");
     app.stop().await;
 }
 

@@ -57,21 +57,22 @@ async fn a_10000_customer_message_creates_every_customer_with_an_event_each_and_
     for (event, properties) in &events {
         assert_eq!(event["type"], "customer.created");
         assert_eq!(event["tenant"], "acme");
-        assert_eq!(event["version"], 1);
-        assert_eq!(event["batch_id"], "batch-1");
+        assert_eq!(event["customerversion"], 1);
+        assert_eq!(event["batchid"], "batch-1");
+        assert_eq!(event["data"]["version"], 1);
         assert_eq!(
             properties.message_id().as_ref().unwrap().as_str(),
-            event["event_id"].as_str().unwrap()
+            event["id"].as_str().unwrap()
         );
-        customers.insert(event["customer_id"].as_str().unwrap().to_owned());
+        customers.insert(event["subject"].as_str().unwrap().to_owned());
     }
     assert_eq!(customers.len(), 10_000);
     let event_of_7 = events
         .iter()
-        .find(|(e, _)| e["customer_id"] == json!(id))
+        .find(|(e, _)| e["subject"] == json!(id))
         .expect("an event for K-7");
-    assert_eq!(event_of_7.0["customer"]["key"], "K-7");
-    assert_eq!(event_of_7.0["customer"]["name"], "Customer 7");
+    assert_eq!(event_of_7.0["data"]["key"], "K-7");
+    assert_eq!(event_of_7.0["data"]["name"], "Customer 7");
     app.stop().await;
 }
 
@@ -117,8 +118,8 @@ async fn one_changed_field_is_an_update_to_version_2_with_one_event() {
 
     let events = app.events(1).await;
     assert_eq!(events[0].0["type"], "customer.updated");
-    assert_eq!(events[0].0["version"], 2);
-    assert_eq!(events[0].0["customer"]["name"], "Renamed");
+    assert_eq!(events[0].0["customerversion"], 2);
+    assert_eq!(events[0].0["data"]["name"], "Renamed");
     let (_, version, data) = app.customer("acme", "K-10").await.unwrap();
     assert_eq!((version, data["name"].as_str()), (2, Some("Renamed")));
     app.stop().await;

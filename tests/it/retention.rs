@@ -244,9 +244,13 @@ async fn erase_removes_the_customer_scrubs_its_stored_replies_and_announces_it()
     let events = app.events(1).await;
     let (event, properties) = &events[0];
     assert_eq!(event["type"], "customer.deleted", "{event}");
-    assert_eq!(event["customer_id"], id.to_string());
+    assert_eq!(event["subject"], id.to_string());
     assert_eq!(event["tenant"], "acme");
-    assert_eq!(event["version"], version + 1);
+    assert_eq!(event["customerversion"], version + 1);
+    assert_eq!(event["batchid"], "erasure");
+    assert_eq!(event["data"]["id"], id.to_string());
+    assert_eq!(event["data"]["version"], version + 1);
+    assert!(event["data"]["deletedAt"].is_string(), "{event}");
     assert_eq!(
         properties.kind().as_ref().map(|kind| kind.as_str()),
         Some("customer.deleted")

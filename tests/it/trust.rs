@@ -87,9 +87,9 @@ async fn one_batch_delivered_twice_at_once_to_two_workers_is_applied_once_and_bo
     let mut versions: HashMap<String, Vec<i64>> = HashMap::new();
     for event in &events {
         versions
-            .entry(event["customer_id"].as_str().unwrap().to_owned())
+            .entry(event["subject"].as_str().unwrap().to_owned())
             .or_default()
-            .push(event["version"].as_i64().unwrap());
+            .push(event["customerversion"].as_i64().unwrap());
     }
     assert_eq!(versions.len(), KEYS);
     for seen in versions.values() {

@@ -54,7 +54,7 @@ async fn the_seed_example_is_created_and_answered_in_the_apis_response_shape() {
     assert_eq!(data["addresses"][0]["postalCode"], "3511AB");
     let events = app.events(1).await;
     assert_eq!(
-        events[0].0["customer"]["ssn"], "123-45-6789",
+        events[0].0["data"]["ssn"], "123-45-6789",
         "events carry the full state"
     );
 

@@ -1,0 +1,309 @@
+//! Customer-state events as CloudEvents 1.0 in the JSON format, and how the outbox's committed
+//! chunks become messages of them: one message per event (`per-customer`, structured mode) or one
+//! per chunk (`batch`, a JSON array). Transport-neutral: [`crate::amqp::events`] puts a [`Message`]
+//! on the broker.
+//!
+//! Bodies are written straight from the outbox rows: the customer document is copied into `data`
+//! as the raw JSON it was stored as, never parsed into a tree.
+
+use chrono::{DateTime, Utc};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::outbox::{PendingChunk, PendingEvent};
+
+/// `content_type` of a message holding one event (structured mode).
+pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+/// `content_type` of a message holding a chunk's events (the JSON batch format).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+/// The `datacontenttype` of every event: `data` is the customer as a JSON object.
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+/// The AMQP `type` of a batch message, and the middle word of its routing key.
+pub const BATCH_TYPE: &str = "customer.batch";
+const SPEC_VERSION: &str = "1.0";
+
+/// How events leave the outbox (`events.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventsMode {
+    /// One message per event, routed `customer.<created|updated|deleted>.<tenant>`.
+    #[default]
+    PerCustomer,
+    /// One message per committed chunk holding its events in commit order, routed
+    /// `customer.batch.<tenant>`: far fewer broker messages for a high-volume consumer.
+    Batch,
+}
+
+/// The `[events]` settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSettings {
+    pub mode: EventsMode,
+}
+
+/// What happened to the customer: the CloudEvents `type`, and the middle word of a per-customer
+/// routing key. Stored in the outbox under `routing_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum EventType {
+    #[serde(rename = "customer.created")]
+    Created,
+    #[serde(rename = "customer.updated")]
+    Updated,
+    #[serde(rename = "customer.deleted")]
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Created => "customer.created",
+            EventType::Updated => "customer.updated",
+            EventType::Deleted => "customer.deleted",
+        }
+    }
+}
+
+/// One broker message of events, whatever the transport. Re-publishing the same outbox rows gives
+/// the same messages: same `id`, same body.
+pub struct Message<'a> {
+    /// The message id: the event's id, or for a batch a digest of its events' ids.
+    pub id: Uuid,
+    /// `customer.<kind>.<tenant>` or `customer.batch.<tenant>`: a consumer binds `customer.*.acme`
+    /// for one tenant. Tenants are `[A-Za-z0-9_-]` only, so they never add a word to the key.
+    pub routing_key: String,
+    pub content_type: &'static str,
+    /// The event's type, or [`BATCH_TYPE`].
+    pub kind: &'static str,
+    pub tenant: &'a str,
+    /// When the change committed (of a batch, its latest event).
+    pub time: DateTime<Utc>,
+    pub holds: Holds,
+    // The W3C trace context of the batch that caused the events goes here, for the `traceparent`
+    // header, once the outbox carries it.
+    pub body: Vec<u8>,
+}
+
+/// What a message holds, which decides its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// One event about this customer (`customer_id` header).
+    One { customer_id: Uuid },
+    /// A chunk's events (`event_count` header).
+    Batch { event_count: usize },
+}
+
+/// The messages for `chunks`, in order: per customer, every event in commit order; in batch mode,
+/// one message per chunk.
+pub fn messages(mode: EventsMode, chunks: &[PendingChunk]) -> Vec<Message<'_>> {
+    match mode {
+        EventsMode::PerCustomer => chunks
+            .iter()
+            .flat_map(|chunk| chunk.events.iter().map(move |event| single(chunk, event)))
+            .collect(),
+        EventsMode::Batch => chunks
+            .iter()
+            .filter(|chunk| !chunk.events.is_empty())
+            .map(batch)
+            .collect(),
+    }
+}
+
+fn single<'a>(chunk: &'a PendingChunk, event: &PendingEvent) -> Message<'a> {
+    let mut body = Vec::with_capacity(event.customer.get().len() + BODY_OVERHEAD);
+    serde_json::to_writer(&mut body, &CloudEvent::of(chunk, event))
+        .expect("an event always serializes");
+    Message {
+        id: event.event_id,
+        routing_key: format!("{}.{}", event.kind.as_str(), chunk.tenant),
+        content_type: CONTENT_TYPE,
+        kind: event.kind.as_str(),
+        tenant: &chunk.tenant,
+        time: event.occurred_at,
+        holds: Holds::One {
+            customer_id: event.customer_id,
+        },
+        body,
+    }
+}
+
+fn batch(chunk: &PendingChunk) -> Message<'_> {
+    let size: usize = chunk
+        .events
+        .iter()
+        .map(|event| event.customer.get().len() + BODY_OVERHEAD)
+        .sum();
+    let mut body = Vec::with_capacity(size + 2);
+    let mut serializer = serde_json::Serializer::new(&mut body);
+    serializer
+        .collect_seq(
+            chunk
+                .events
+                .iter()
+                .map(|event| CloudEvent::of(chunk, event)),
+        )
+        .expect("an event always serializes");
+    Message {
+        id: batch_id(&chunk.events),
+        routing_key: format!("{BATCH_TYPE}.{}", chunk.tenant),
+        content_type: BATCH_CONTENT_TYPE,
+        kind: BATCH_TYPE,
+        tenant: &chunk.tenant,
+        time: chunk
+            .events
+            .iter()
+            .map(|event| event.occurred_at)
+            .max()
+            .unwrap_or_else(Utc::now),
+        holds: Holds::Batch {
+            event_count: chunk.events.len(),
+        },
+        body,
+    }
+}
+
+/// The bytes an event's envelope adds to its customer document, about: to size a body once.
+const BODY_OVERHEAD: usize = 400;
+
+/// A batch's message id: a digest of its events' ids, in order. The same events give the same id on
+/// every re-publish; an erasure that removed an event from a waiting chunk gives a new one, as the
+/// message is then a different one. A version-8 (custom) UUID.
+fn batch_id(events: &[PendingEvent]) -> Uuid {
+    let mut digest = Sha256::new();
+    digest.update(b"customer-ingest event batch");
+    for event in events {
+        digest.update(event.event_id.as_bytes());
+    }
+    let bytes: [u8; 16] = digest.finalize()[..16]
+        .try_into()
+        .expect("SHA-256 is longer than 16 bytes");
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// One event in the CloudEvents JSON format. Attribute names are CloudEvents' own (lowercase, no
+/// separators, extensions included).
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    /// Stable per customer and version: consumers drop duplicates by it.
+    id: Uuid,
+    #[serde(serialize_with = "tenant_source")]
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: EventType,
+    /// The customer's id.
+    subject: Uuid,
+    time: DateTime<Utc>,
+    datacontenttype: &'static str,
+    tenant: &'a str,
+    /// The customer's version this event brings it to: per customer, events come in its order.
+    customerversion: i64,
+    /// The producer's batch that made the change (`erasure` for a deletion).
+    batchid: &'a str,
+    // The `traceparent` extension (W3C trace context) goes here, when the event has one.
+    data: &'a serde_json::value::RawValue,
+}
+
+impl<'a> CloudEvent<'a> {
+    fn of(chunk: &'a PendingChunk, event: &'a PendingEvent) -> Self {
+        CloudEvent {
+            specversion: SPEC_VERSION,
+            id: event.event_id,
+            source: &chunk.tenant,
+            kind: event.kind,
+            subject: event.customer_id,
+            time: event.occurred_at,
+            datacontenttype: DATA_CONTENT_TYPE,
+            tenant: &chunk.tenant,
+            customerversion: event.version,
+            batchid: &chunk.batch_id,
+            data: &event.customer,
+        }
+    }
+}
+
+/// `source` is the tenant's URI reference, `/tenants/<tenant>`, written without a copy.
+fn tenant_source<S: Serializer>(tenant: &&str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("/tenants/{tenant}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(events: usize) -> PendingChunk {
+        PendingChunk {
+            row: 1,
+            tenant: "acme".into(),
+            batch_id: "b-1".into(),
+            events: (0..events)
+                .map(|i| PendingEvent {
+                    event_id: Uuid::new_v4(),
+                    kind: if i == 0 {
+                        EventType::Created
+                    } else {
+                        EventType::Updated
+                    },
+                    customer_id: Uuid::new_v4(),
+                    version: i as i64 + 1,
+                    occurred_at: Utc::now(),
+                    customer: serde_json::value::RawValue::from_string(format!(
+                        r#"{{"key":"K-{i}","name":"N"}}"#
+                    ))
+                    .unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_event_is_a_structured_cloudevent_routed_by_kind_and_tenant() {
+        let chunk = chunk(2);
+        let messages = messages(EventsMode::PerCustomer, std::slice::from_ref(&chunk));
+        assert_eq!(messages.len(), 2);
+        let second = &messages[1];
+        assert_eq!(second.routing_key, "customer.updated.acme");
+        assert_eq!(second.content_type, CONTENT_TYPE);
+        assert_eq!(second.id, chunk.events[1].event_id);
+        let body: serde_json::Value = serde_json::from_slice(&second.body).unwrap();
+        assert_eq!(body["specversion"], "1.0");
+        assert_eq!(body["id"], chunk.events[1].event_id.to_string());
+        assert_eq!(body["source"], "/tenants/acme");
+        assert_eq!(body["type"], "customer.updated");
+        assert_eq!(body["subject"], chunk.events[1].customer_id.to_string());
+        assert_eq!(body["datacontenttype"], "application/json");
+        assert_eq!(body["tenant"], "acme");
+        assert_eq!(body["customerversion"], 2);
+        assert_eq!(body["batchid"], "b-1");
+        assert_eq!(body["data"], serde_json::json!({"key": "K-1", "name": "N"}));
+        let time = body["time"].as_str().unwrap();
+        assert!(DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+    }
+
+    #[test]
+    fn a_batch_is_an_array_of_the_same_events_under_an_id_that_only_its_events_decide() {
+        let chunk = chunk(3);
+        let singles = messages(EventsMode::PerCustomer, std::slice::from_ref(&chunk));
+        let batches = messages(EventsMode::Batch, std::slice::from_ref(&chunk));
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        assert_eq!(batch.routing_key, "customer.batch.acme");
+        assert_eq!(batch.content_type, BATCH_CONTENT_TYPE);
+        assert_eq!(batch.holds, Holds::Batch { event_count: 3 });
+        let array: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
+        let each: Vec<serde_json::Value> = singles
+            .iter()
+            .map(|m| serde_json::from_slice(&m.body).unwrap())
+            .collect();
+        assert_eq!(array, each, "the same events, in commit order");
+
+        let id = batch.id;
+        let again = messages(EventsMode::Batch, std::slice::from_ref(&chunk));
+        assert_eq!(again[0].id, id, "stable across re-publishes");
+        drop((singles, batches, again));
+        let mut fewer = chunk;
+        fewer.events.pop();
+        assert_ne!(messages(EventsMode::Batch, &[fewer])[0].id, id);
+    }
+}
