@@ -47,6 +47,8 @@ mod tests {
     use super::literal_message;
 
     #[test]
+    // `expect` on an `Err` is the point: its panic message quotes the error.
+    #[allow(clippy::unnecessary_literal_unwrap)]
     fn a_formatted_panic_message_is_withheld_and_a_literal_one_kept() {
         let literal = std::panic::catch_unwind(|| panic!("a literal")).unwrap_err();
         assert_eq!(literal_message(literal.as_ref()), "a literal");
