@@ -8,6 +8,7 @@ mod auth;
 mod broker;
 mod cli;
 mod contention;
+mod contract;
 mod customers_v1;
 mod dashboard;
 mod disruptive;
