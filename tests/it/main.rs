@@ -17,5 +17,6 @@ mod ingest;
 mod match_by_contact;
 mod pipeline;
 mod retention;
+mod run_script;
 mod trust;
 mod upsert_by_id;
