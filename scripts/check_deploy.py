@@ -8,6 +8,7 @@
   scaled Deployment, the queue KEDA watches), run as the Dockerfile's user with a read-only root
   filesystem, probe /readyz and /healthz on the HTTP port, and give a pod longer to stop than its
   preStop pause plus the shutdown deadline;
+- the service's code writes no file (the Deployment's root filesystem is read-only and has no /tmp);
 - every object of deploy/k8s/ is either a Kubernetes kind (checked by kubernetes-validate) or a KEDA
   one in a keda-*.yaml file (checked by check-jsonschema), so none escapes validation.
 
@@ -166,11 +167,25 @@ def check_k8s(root, settings):
                 check(metadata.get("mode") == "QueueLength", f"ScaledObject {name}: mode is not QueueLength")
 
 
+# What writing a file looks like in Rust; the service must need none of it (logs go to stdout).
+WRITES_A_FILE = re.compile(r"\b(File::create|fs::write|OpenOptions|create_dir|temp_dir|tempfile|NamedTempFile)\b")
+
+
+def check_no_file_writes(root):
+    for path in sorted((root / "src").rglob("*.rs")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if WRITES_A_FILE.search(line) and not line.lstrip().startswith("//"):
+                errors.append(
+                    f"{path.relative_to(root)}:{number}: writes a file, but the Deployment's root filesystem is read-only"
+                )
+
+
 def main(root):
     root = Path(root)
     settings = known_settings(root)
     check_compose(root, settings)
     check_k8s(root, settings)
+    check_no_file_writes(root)
     for error in errors:
         print(f"ERROR {error}", file=sys.stderr)
     if errors:
