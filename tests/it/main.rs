@@ -22,5 +22,6 @@ mod pipeline;
 mod prometheus;
 mod retention;
 mod tracing;
+mod run_script;
 mod trust;
 mod upsert_by_id;
