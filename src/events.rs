@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::outbox::{PendingChunk, PendingEvent};
+use crate::store::outbox::{PendingChunk, PendingEvent, Trace};
 
 /// `content_type` of a message holding one event (structured mode).
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -80,8 +80,9 @@ pub struct Message<'a> {
     /// When the change committed (of a batch, its latest event).
     pub time: DateTime<Utc>,
     pub holds: Holds,
-    // The W3C trace context of the batch that caused the events goes here, for the `traceparent`
-    // header, once the outbox carries it.
+    /// The W3C trace context of the batch whose change the events are, for the `traceparent` and
+    /// `tracestate` headers.
+    pub trace: Option<&'a Trace>,
     pub body: Vec<u8>,
 }
 
@@ -124,6 +125,7 @@ fn single<'a>(chunk: &'a PendingChunk, event: &PendingEvent) -> Message<'a> {
         holds: Holds::One {
             customer_id: event.customer_id,
         },
+        trace: chunk.trace.as_ref(),
         body,
     }
 }
@@ -159,6 +161,7 @@ fn batch(chunk: &PendingChunk) -> Message<'_> {
         holds: Holds::Batch {
             event_count: chunk.events.len(),
         },
+        trace: chunk.trace.as_ref(),
         body,
     }
 }
@@ -201,7 +204,11 @@ struct CloudEvent<'a> {
     customerversion: i64,
     /// The producer's batch that made the change (`erasure` for a deletion).
     batchid: &'a str,
-    // The `traceparent` extension (W3C trace context) goes here, when the event has one.
+    /// The distributed tracing extension: the W3C trace context of that batch, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
     data: &'a serde_json::value::RawValue,
 }
 
@@ -218,6 +225,8 @@ impl<'a> CloudEvent<'a> {
             tenant: &chunk.tenant,
             customerversion: event.version,
             batchid: &chunk.batch_id,
+            traceparent: chunk.trace.as_ref().map(|t| t.traceparent.as_str()),
+            tracestate: chunk.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
             data: &event.customer,
         }
     }
@@ -237,6 +246,7 @@ mod tests {
             row: 1,
             tenant: "acme".into(),
             batch_id: "b-1".into(),
+            trace: None,
             events: (0..events)
                 .map(|i| PendingEvent {
                     event_id: Uuid::new_v4(),

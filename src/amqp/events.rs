@@ -3,13 +3,14 @@
 //!
 //! Every message: `message_id` (the event's id, or the batch's), `type` (the event's type, or
 //! `customer.batch`), `content_type`, `timestamp`, persistent delivery, and the `tenant` header;
-//! one event also carries `customer_id`, a batch `event_count`.
+//! one event also carries `customer_id`, a batch `event_count`; the events of a batch that carried W3C
+//! trace context carry its `traceparent` and `tracestate`.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::Publisher;
-use super::headers::{CUSTOMER_ID, EVENT_COUNT, TENANT, long_string};
+use super::headers::{CUSTOMER_ID, EVENT_COUNT, TENANT, TRACEPARENT, TRACESTATE, long_string};
 use super::publisher::Outgoing;
 use crate::events::{Holds, Message};
 
@@ -45,7 +46,12 @@ fn properties(message: &Message) -> BasicProperties {
             headers.insert(EVENT_COUNT.into(), AMQPValue::LongLongInt(count));
         }
     }
-    // The W3C `traceparent` header of the events' trace goes here.
+    if let Some(trace) = message.trace {
+        headers.insert(TRACEPARENT.into(), long_string(&trace.traceparent));
+        if let Some(state) = &trace.tracestate {
+            headers.insert(TRACESTATE.into(), long_string(state));
+        }
+    }
     BasicProperties::default()
         .with_content_type(message.content_type.into())
         .with_delivery_mode(2)

@@ -82,7 +82,10 @@ impl Inbound {
             .await
     }
 
-    async fn settle(&self, delivery: Delivery, envelope: Envelope, publisher: &Publisher) {
+    async fn settle(&self, delivery: Delivery, mut envelope: Envelope, publisher: &Publisher) {
+        // What this message sends on (its reply, its events) continues the processing span when
+        // spans are exported, else the producer's trace.
+        envelope.trace = trace::outgoing(&tracing::Span::current(), envelope.trace.as_ref());
         let started = Instant::now();
         let started_at = Utc::now();
         self.metrics.in_flight.inc();

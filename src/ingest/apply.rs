@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use crate::codes::FieldCode;
 use crate::dialect::Merge;
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult};
-use crate::store::{self, customers};
+use crate::store::{self, customers, outbox};
 
 use super::retry::Budget;
 use super::{BatchError, Ingest};
@@ -29,6 +29,8 @@ pub(super) struct Batch<'a> {
     /// The index of the first chunk this delivery writes: after every chunk an earlier delivery
     /// recorded.
     pub first_chunk: i32,
+    /// The trace context the batch's events continue.
+    pub trace: Option<outbox::Trace>,
 }
 
 /// The rows to store (duplicate keys collapse to their last valid occurrence; the earlier ones report
@@ -125,6 +127,7 @@ pub(super) async fn apply(
         batch_id,
         merge,
         first_chunk,
+        trace,
     } = batch;
     let merged = |stored: serde_json::Value, row: &customers::ChunkRow| -> String {
         let (Some(merge), Ok(incoming), Ok(stored)) = (
@@ -152,7 +155,17 @@ pub(super) async fn apply(
             .and_then(|i| i.checked_add(first_chunk))
             .ok_or_else(|| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
         let result = budget
-            .run(|| customers::apply_chunk(&ingest.pool, tenant, batch_id, index, chunk, merged))
+            .run(|| {
+                customers::apply_chunk(
+                    &ingest.pool,
+                    tenant,
+                    batch_id,
+                    index,
+                    chunk,
+                    merged,
+                    trace.as_ref(),
+                )
+            })
             .await;
         ingest
             .metrics

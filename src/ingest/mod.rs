@@ -27,7 +27,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::{Action, Counts, Customer};
 use crate::reply::Reply;
-use crate::store::batches;
+use crate::store::{batches, outbox};
 use retry::{Budget, Retry};
 
 /// How often a delivery waiting for another delivery of its batch looks again.
@@ -247,6 +247,10 @@ impl Ingest {
                 batch_id: &envelope.batch_id,
                 merge: dialect.merge(),
                 first_chunk: next_chunk,
+                trace: envelope.trace.as_ref().map(|trace| outbox::Trace {
+                    traceparent: trace.traceparent.clone(),
+                    tracestate: trace.tracestate.clone(),
+                }),
             },
             rows,
             outline,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::outbox;
 use crate::model::Action;
 
 /// One customer of a chunk: the producer's key and the customer document to store.
@@ -44,6 +45,7 @@ pub async fn apply_chunk(
     chunk_index: i32,
     rows: &[ChunkRow],
     merge: Option<Merge<'_>>,
+    trace: Option<&outbox::Trace>,
 ) -> Result<Vec<Applied>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut order: Vec<&ChunkRow> = rows.iter().collect();
@@ -97,7 +99,7 @@ pub async fn apply_chunk(
                  WHERE c.data IS DISTINCT FROM EXCLUDED.data
              RETURNING c.id, c.key, c.version, c.data, c.created_at, c.updated_at
          ), events AS (
-             INSERT INTO outbox (tenant, batch_id, event_count, events)
+             INSERT INTO outbox (tenant, batch_id, event_count, events, traceparent, tracestate)
              SELECT $1, $5, count(*),
                     jsonb_agg(jsonb_build_object(
                         'event_id', md5(id::text || ':' || version)::uuid,
@@ -106,7 +108,8 @@ pub async fn apply_chunk(
                         'customer_id', id, 'version', version, 'occurred_at', updated_at,
                         'customer', jsonb_build_object('id', id, 'tenant', $1::text, 'key', key,
                                                        'version', version, 'createdAt', created_at,
-                                                       'updatedAt', updated_at) || data))
+                                                       'updatedAt', updated_at) || data)),
+                    $6, $7
              FROM upserted
              HAVING count(*) > 0
          )
@@ -119,6 +122,8 @@ pub async fn apply_chunk(
     .bind(&data)
     .bind(&new_ids)
     .bind(batch_id)
+    .bind(trace.map(|t| t.traceparent.as_str()))
+    .bind(trace.and_then(|t| t.tracestate.as_deref()))
     .fetch_all(&mut *tx)
     .await?;
 

@@ -16,7 +16,16 @@ pub struct PendingChunk {
     pub row: i64,
     pub tenant: String,
     pub batch_id: String,
+    /// The W3C trace context of the batch that wrote the row, if it had one.
+    pub trace: Option<Trace>,
     pub events: Vec<PendingEvent>,
+}
+
+/// A W3C trace context, as the `traceparent` and `tracestate` headers carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
 }
 
 /// One event of a claimed outbox row.
@@ -52,8 +61,9 @@ pub async fn claim(pool: &PgPool, limit: i64) -> Result<Option<Claim>, sqlx::Err
         return Ok(None);
     }
     // A row holds one chunk's events; `limit` events are claimed in whole rows, at least one.
-    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT id, tenant, batch_id, events::text FROM outbox
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i64, String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, tenant, batch_id, events::text, traceparent, tracestate FROM outbox
          WHERE id <= (
              SELECT max(id) FROM (
                  SELECT id, sum(event_count) OVER (ORDER BY id) - event_count AS before
@@ -66,13 +76,17 @@ pub async fn claim(pool: &PgPool, limit: i64) -> Result<Option<Claim>, sqlx::Err
     .fetch_all(&mut *tx)
     .await?;
     let mut chunks = Vec::with_capacity(rows.len());
-    for (row, tenant, batch_id, text) in rows {
+    for (row, tenant, batch_id, text, traceparent, tracestate) in rows {
         let events: Vec<PendingEvent> =
             serde_json::from_str(&text).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
         chunks.push(PendingChunk {
             row,
             tenant,
             batch_id,
+            trace: traceparent.map(|traceparent| Trace {
+                traceparent,
+                tracestate,
+            }),
             events,
         });
     }

@@ -21,7 +21,7 @@ mod match_by_contact;
 mod pipeline;
 mod prometheus;
 mod retention;
-mod tracing;
 mod run_script;
+mod tracing;
 mod trust;
 mod upsert_by_id;

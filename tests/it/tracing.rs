@@ -204,3 +204,60 @@ async fn without_an_exporter_the_reply_still_carries_the_producers_trace_and_a_m
     assert_eq!(header(&properties, headers::TRACESTATE), None);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_carry_the_trace_of_the_batch_that_made_them_in_both_modes() {
+    for mode in [
+        customer_ingest::events::EventsMode::PerCustomer,
+        customer_ingest::events::EventsMode::Batch,
+    ] {
+        let mut app = TestApp::spawn_with(|s| s.events.mode = mode).await;
+        let body = customers_body("E", 2, "Evented");
+        publish_traced(
+            &app,
+            &body,
+            "traced-events",
+            &[
+                (headers::TRACEPARENT, &producer_traceparent()),
+                (headers::TRACESTATE, "vendor=1"),
+            ],
+        )
+        .await;
+        assert_eq!(app.next_reply().await.0["status"], "completed");
+        let messages = match mode {
+            customer_ingest::events::EventsMode::PerCustomer => app.events(2).await,
+            customer_ingest::events::EventsMode::Batch => app.events(1).await,
+        };
+        for (body, properties) in &messages {
+            assert_eq!(
+                header(properties, headers::TRACEPARENT),
+                Some(producer_traceparent()),
+                "{mode:?}"
+            );
+            assert_eq!(
+                header(properties, headers::TRACESTATE).as_deref(),
+                Some("vendor=1")
+            );
+            let events = body
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![body.clone()]);
+            for event in events {
+                assert_eq!(event["traceparent"], producer_traceparent().as_str());
+                assert_eq!(event["tracestate"], "vendor=1");
+            }
+        }
+
+        // A batch without trace context makes events without it.
+        let body = customers_body("F", 1, "Untraced");
+        publish_traced(&app, &body, "untraced-events", &[]).await;
+        app.next_reply().await;
+        let (event, properties) = app.events(1).await.remove(0);
+        assert_eq!(header(&properties, headers::TRACEPARENT), None);
+        let event = event
+            .as_array()
+            .map_or(event.clone(), |events| events[0].clone());
+        assert!(event.get("traceparent").is_none(), "{event}");
+        app.stop().await;
+    }
+}
