@@ -9,47 +9,13 @@ use std::time::Duration;
 use customer_ingest::amqp::headers::{header_i64, header_str};
 use customer_ingest::events::EventsMode;
 use futures_util::StreamExt;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Consumer};
 use serde_json::Value;
 
 use crate::helpers::{
-    Message, PATIENCE, TestApp, consume, customers_body, failpoints_compiled_in,
-    spawn_worker_process, terminate, wait_for,
+    Message, PATIENCE, TestApp, customers_body, failpoints_compiled_in, spawn_worker_process,
+    terminate, wait_for,
 };
-
-/// A consumer of its own exclusive queue, bound to the events exchange with `pattern`, as a
-/// downstream system would bind it.
-async fn bind(app: &TestApp, pattern: &str) -> Consumer {
-    let queue = format!(
-        "{}.bound.{}",
-        app.settings.amqp.events_exchange,
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    app.channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    app.channel
-        .queue_bind(
-            queue.as_str().into(),
-            app.settings.amqp.events_exchange.as_str().into(),
-            pattern.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    consume(&app.connection, &queue).await
-}
 
 /// One delivered message: routing key, properties and body.
 struct Delivered {
@@ -115,7 +81,7 @@ fn assert_cloudevent(event: &Value, tenant: &str, kind: &str, version: i64, batc
 #[tokio::test]
 async fn an_event_is_a_structured_cloudevent_whose_properties_name_it() {
     let mut app = TestApp::spawn().await;
-    let mut acme = bind(&app, "customer.*.acme").await;
+    let mut acme = app.bind_events("customer.*.acme").await;
     app.publish(Message::upsert(
         &customers_body("E", 1, "Customer"),
         "acme",
@@ -165,9 +131,9 @@ async fn an_event_is_a_structured_cloudevent_whose_properties_name_it() {
 #[tokio::test]
 async fn a_consumer_bound_to_one_tenant_receives_only_that_tenants_events() {
     let mut app = TestApp::spawn().await;
-    let mut acme = bind(&app, "customer.*.acme").await;
-    let mut other = bind(&app, "customer.*.glo-bex_2").await;
-    let mut created = bind(&app, "customer.created.*").await;
+    let mut acme = app.bind_events("customer.*.acme").await;
+    let mut other = app.bind_events("customer.*.glo-bex_2").await;
+    let mut created = app.bind_events("customer.created.*").await;
     for (tenant, customers, name, batch) in [
         ("acme", 3, "Customer", "a1"),
         ("glo-bex_2", 2, "Customer", "g1"),
@@ -234,8 +200,8 @@ async fn in_batch_mode_each_chunk_is_one_message_of_its_events_in_commit_order()
         s.pipeline.chunk_size = 50;
     })
     .await;
-    let mut acme = bind(&app, "customer.*.acme").await;
-    let mut globex = bind(&app, "customer.*.globex").await;
+    let mut acme = app.bind_events("customer.*.acme").await;
+    let mut globex = app.bind_events("customer.*.globex").await;
     for (tenant, name, batch) in [
         ("acme", "Customer", "b1"),
         ("acme", "Renamed", "b2"),
@@ -312,7 +278,7 @@ async fn in_batch_mode_a_worker_killed_after_the_broker_confirmed_sends_the_same
         s.pipeline.chunk_size = 50;
     })
     .await;
-    let mut batches = bind(&app, "customer.batch.acme").await;
+    let mut batches = app.bind_events("customer.batch.acme").await;
     let body = customers_body("K", 150, "Customer");
     app.publish(Message::upsert(&body, "acme", "crash-batch"))
         .await;

@@ -189,6 +189,38 @@ impl TestApp {
         }
     }
 
+    /// A consumer of a new exclusive queue bound to the events exchange with `pattern`, as a
+    /// downstream system binds one.
+    pub async fn bind_events(&self, pattern: &str) -> Consumer {
+        let queue = format!(
+            "{}.bound.{}",
+            self.settings.amqp.events_exchange,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.settings.amqp.events_exchange.as_str().into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        consume(&self.connection, &queue).await
+    }
+
     /// Publishes a body to the ingest queue as a producer would.
     pub async fn publish(&self, message: Message<'_>) {
         self.publish_on(&self.channel, message)

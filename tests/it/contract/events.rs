@@ -7,39 +7,10 @@ use customer_ingest::amqp::headers;
 use customer_ingest::config::Settings;
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use super::{Contract, header, valid_bodies};
-use crate::helpers::{Message, PATIENCE, TestApp, consume, customers_body, wait_for};
-
-/// Every message published on the test's events exchange, with its routing key.
-async fn bind_events(app: &TestApp) -> lapin::Consumer {
-    let queue = format!("{}.contract", app.settings.amqp.events_exchange);
-    app.channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    app.channel
-        .queue_bind(
-            queue.as_str().into(),
-            app.settings.amqp.events_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    consume(&app.connection, &queue).await
-}
+use crate::helpers::{Message, PATIENCE, TestApp, customers_body, wait_for};
 
 /// The next message on `consumer`: its routing key, JSON body and properties.
 async fn next_event(consumer: &mut lapin::Consumer) -> (String, Value, BasicProperties) {
@@ -141,7 +112,7 @@ async fn every_kind_of_event(app: &mut TestApp, tenant: &str) -> usize {
 async fn per_customer_events_conform_to_the_asyncapi_document() {
     let contract = Contract::load();
     let mut app = TestApp::spawn().await;
-    let mut events = bind_events(&app).await;
+    let mut events = app.bind_events("#").await;
     let expected = every_kind_of_event(&mut app, "acme").await;
 
     let mut kinds = BTreeSet::new();
@@ -167,7 +138,7 @@ async fn batched_events_conform_to_the_asyncapi_document() {
         *settings = with_batched_events(settings);
     })
     .await;
-    let mut events = bind_events(&app).await;
+    let mut events = app.bind_events("#").await;
     let expected = every_kind_of_event(&mut app, "acme").await;
 
     let mut kinds = BTreeSet::new();
