@@ -19,6 +19,7 @@ mod match_by_contact;
 mod pipeline;
 mod prometheus;
 mod retention;
+mod tls;
 mod tracing;
 mod trust;
 mod upsert_by_id;
