@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use anyhow::Context;
 use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
 use lapin::uri::AMQPUri;
@@ -51,7 +53,12 @@ async fn open(
                     error = %error,
                     "could not connect to RabbitMQ"
                 );
-                lapin::Error::from(error)
+                // As lapin's own connector does: a runtime shutting down is not a network fault.
+                if runtime.is_runtime_shutdown_error(&error) {
+                    lapin::ErrorKind::RuntimeShutdownError(Arc::new(error)).into()
+                } else {
+                    lapin::Error::from(error)
+                }
             })
     };
     Connection::connector(uri, runtime, attempt, properties)
