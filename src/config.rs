@@ -4,12 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+
+mod security;
+pub use security::SecuritySettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -32,6 +35,7 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub telemetry: crate::telemetry::TelemetrySettings,
     pub events: crate::events::EventsSettings,
+    pub security: SecuritySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -53,6 +57,9 @@ pub struct AmqpSettings {
     /// them: for brokers where operators own the topology and the worker's user has no configure
     /// permission.
     pub passive_topology: bool,
+    /// PEM file of the CA certificates that sign RabbitMQ's certificate, trusted besides the
+    /// system's roots for an `amqps://` URL; empty: the system's roots only.
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -314,7 +321,15 @@ impl Settings {
         ];
         match checks.iter().find(|(failed, _)| *failed) {
             Some((_, message)) => anyhow::bail!("invalid configuration: {message}"),
-            None => self.auth.validate(),
+            None => {
+                self.auth.validate()?;
+                security::check(
+                    &self.security,
+                    self.amqp.url(),
+                    &self.amqp.ca_file,
+                    self.database.url(),
+                )
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow};
 use customer_ingest::config::Settings;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
@@ -31,10 +31,12 @@ pub async fn within<T>(
 /// A plain connection: no automatic recovery, because a broker hiccup during a measurement should
 /// fail the run rather than be hidden in its figures.
 pub async fn amqp_connection(settings: &Settings, name: &str) -> anyhow::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    within(CALL_PATIENCE, "connecting to RabbitMQ", async {
-        Ok(Connection::connect(settings.amqp.url(), properties).await?)
-    })
+    // Through the service's own function, so that an amqps:// URL trusts amqp.ca_file here too.
+    within(
+        CALL_PATIENCE,
+        "connecting to RabbitMQ",
+        customer_ingest::amqp::connection::connect_once(&settings.amqp, name),
+    )
     .await
 }
 

@@ -95,7 +95,7 @@ impl Supervisor {
         sessions: &mut u64,
     ) -> anyhow::Result<(Arc<lapin::Connection>, lapin::Channel)> {
         let connection = tokio::select! {
-            connection = connect(self.settings.url(), "customer-ingest") => Arc::new(connection?),
+            connection = connect(&self.settings, "customer-ingest") => Arc::new(connection?),
             () = stop.cancelled() => bail!("stopped before RabbitMQ was reached"),
         };
         let channel = connection

@@ -38,7 +38,7 @@ pub struct Args {
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let body =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let connection = connect(settings.amqp.url(), "customer-ingest publish").await?;
+    let connection = connect(&settings.amqp, "customer-ingest publish").await?;
     let channel = connection.create_channel().await?;
     topology::declare(&channel, &settings.amqp).await?;
 

@@ -8,9 +8,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use serde::Serialize;
 
+use crate::amqp::connection::connect_once;
 use crate::cli::text::{age, printable, shorten};
 use crate::config::Settings;
 use crate::store::{self, outbox, status};
@@ -87,12 +87,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
 /// Each of the service's queues, by a passive declare: it creates nothing, and a missing queue is
 /// reported as such.
 async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStatus>> {
-    let connection = Connection::connect(
-        settings.amqp.url(),
-        ConnectionProperties::default().with_connection_name("customer-ingest status".into()),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
+    let connection = connect_once(&settings.amqp, "customer-ingest status").await?;
     let amqp = &settings.amqp;
     let mut queues = Vec::new();
     for (role, name) in [

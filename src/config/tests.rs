@@ -16,7 +16,7 @@ fn defaults_load_and_hold_the_documented_values() {
 const EVERY_KEY_CHANGED: &str = r#"
     telemetry.otlp_endpoint = "http://127.0.0.1:4318"
     [amqp]
-    url = "amqp://u:p@10.0.0.1:5673/vhost"
+    url = "amqps://u:p@10.0.0.1:5673/vhost"
     ingest_queue = "q.ingest"
     dead_letter_exchange = "q.dlx"
     dead_letter_queue = "q.dlq"
@@ -26,8 +26,9 @@ const EVERY_KEY_CHANGED: &str = r#"
     prefetch = 2
     recovery_timeout_secs = 11
     passive_topology = true
+    ca_file = "CA_FILE"
     [database]
-    url = "postgres://u:p@10.0.0.2:5433/other?sslmode=disable"
+    url = "postgres://u:p@10.0.0.2:5433/other?sslmode=verify-full&sslrootcert=/etc/ca.pem"
     max_connections = 5
     lock_timeout_ms = 123
     retry_budget_secs = 45
@@ -61,6 +62,8 @@ const EVERY_KEY_CHANGED: &str = r#"
     sweep_interval_secs = 60
     [events]
     mode = "batch"
+    [security]
+    require_tls = true
 "#;
 
 fn from_toml(text: &str) -> Settings {
@@ -73,7 +76,8 @@ fn from_toml(text: &str) -> Settings {
 
 #[test]
 fn settings_reach_a_child_process_unchanged_through_its_environment() {
-    let original = from_toml(EVERY_KEY_CHANGED);
+    let ca_file = fake_ca_file();
+    let original = from_toml(&EVERY_KEY_CHANGED.replace("CA_FILE", &ca_file.display().to_string()));
     let defaults = Settings::load_from(None, Some(config::Map::new())).unwrap();
     let variables = original.to_env();
     // Otherwise a variable `to_env` left out would come back as its default, unnoticed.
@@ -95,6 +99,7 @@ fn settings_reach_a_child_process_unchanged_through_its_environment() {
     );
     assert_eq!(loaded.amqp.url(), original.amqp.url());
     assert_eq!(loaded.database.url(), original.database.url());
+    let _ = std::fs::remove_file(ca_file);
 }
 
 #[test]
@@ -184,4 +189,82 @@ fn an_unknown_setting_starts_nothing_and_names_the_key() {
         Settings::load_from(None, Some(variables)).unwrap_err()
     );
     assert!(error.contains("pipelin"), "{error}");
+}
+
+/// A file that passes the loader's check of `amqp.ca_file` (it holds a PEM certificate block).
+fn fake_ca_file() -> std::path::PathBuf {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let path = std::env::temp_dir().join(format!("ingest-test-ca-{id}.pem"));
+    std::fs::write(
+        &path,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn require_tls_accepts_only_amqps_and_verify_full_and_names_the_key_never_the_url() {
+    let load = |pairs: &[(&str, &str)]| {
+        let variables = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(None, Some(variables)).map_err(|e| format!("{e:#}"))
+    };
+    let require = ("INGEST__SECURITY__REQUIRE_TLS", "true");
+    let amqps = ("INGEST__AMQP__URL", "amqps://u:secret@mq.example:5671/%2f");
+    let database = |query: &str| {
+        (
+            "INGEST__DATABASE__URL",
+            format!("postgres://u:secret@db.example/ingest{query}"),
+        )
+    };
+    let verify_full = database("?sslmode=verify-full&sslrootcert=/etc/ca.pem");
+    let verify_full = (verify_full.0, verify_full.1.as_str());
+
+    assert!(load(&[require, amqps, verify_full]).is_ok());
+    let upper = ("INGEST__AMQP__URL", "AMQPS://u:secret@mq.example:5671/%2f");
+    assert!(load(&[require, upper, verify_full]).is_ok());
+    // Plain URLs are fine without the setting.
+    assert!(load(&[]).is_ok());
+
+    let error = load(&[require, verify_full]).unwrap_err();
+    assert!(
+        error.contains("amqp.url") && !error.contains("guest"),
+        "{error}"
+    );
+    for query in [
+        "",
+        "?sslmode=require",
+        "?sslmode=verify-ca",
+        "?sslmode=prefer",
+    ] {
+        let plain = database(query);
+        let error = load(&[require, amqps, (plain.0, &plain.1)]).unwrap_err();
+        assert!(error.contains("database.url"), "{query}: {error}");
+        assert!(!error.contains("secret"), "{error}");
+    }
+}
+
+#[test]
+fn a_ca_file_that_cannot_be_read_or_holds_no_certificate_starts_nothing() {
+    let load = |path: &str| {
+        let variables = [("INGEST__AMQP__CA_FILE".to_owned(), path.to_owned())]
+            .into_iter()
+            .collect();
+        Settings::load_from(None, Some(variables)).map_err(|e| format!("{e:#}"))
+    };
+    let error = load("/nonexistent/ca.pem").unwrap_err();
+    assert!(error.contains("amqp.ca_file"), "{error}");
+    let error = load(env!("CARGO_MANIFEST_PATH")).unwrap_err();
+    assert!(
+        error.contains("amqp.ca_file") && error.contains("no PEM"),
+        "{error}"
+    );
+    let ca_file = fake_ca_file();
+    let settings = load(ca_file.to_str().unwrap()).unwrap();
+    assert_eq!(settings.amqp.ca_file, ca_file);
+    assert_eq!(Settings::load(None).unwrap().amqp.ca_file.as_os_str(), "");
+    let _ = std::fs::remove_file(ca_file);
 }

@@ -43,25 +43,27 @@ async fn dlq_with(settings: &Settings, args: &[&str], env: &[(&str, &str)]) -> R
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_customer-ingest"))
-            .arg("dlq")
-            .args(&args)
-            .env("INGEST__AMQP__URL", amqp.url())
-            .env("INGEST__AMQP__INGEST_QUEUE", &amqp.ingest_queue)
-            .env(
-                "INGEST__AMQP__DEAD_LETTER_EXCHANGE",
-                &amqp.dead_letter_exchange,
-            )
-            .env("INGEST__AMQP__DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
-            .env("INGEST__AMQP__EVENTS_EXCHANGE", &amqp.events_exchange)
-            .env("INGEST__AMQP__RESULTS_QUEUE", &amqp.results_queue)
-            .envs(env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let shown = args.join(" ");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_customer-ingest"))
+        .arg("dlq")
+        .args(&args)
+        .env("INGEST__AMQP__URL", amqp.url())
+        .env("INGEST__AMQP__INGEST_QUEUE", &amqp.ingest_queue)
+        .env(
+            "INGEST__AMQP__DEAD_LETTER_EXCHANGE",
+            &amqp.dead_letter_exchange,
+        )
+        .env("INGEST__AMQP__DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
+        .env("INGEST__AMQP__EVENTS_EXCHANGE", &amqp.events_exchange)
+        .env("INGEST__AMQP__RESULTS_QUEUE", &amqp.results_queue)
+        .envs(env)
+        .kill_on_drop(true)
+        .output();
+    // A command that hangs fails its test instead of the whole run.
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .unwrap_or_else(|_| panic!("`dlq {shown}` did not finish within 120 s"))
+        .unwrap();
     Run {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

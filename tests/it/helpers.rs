@@ -121,9 +121,11 @@ impl TestApp {
             .await
             .expect("the test database is created: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
 
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ answers on 127.0.0.1:5672 (scripts/test.sh starts it)");
+        // As the service connects (over TLS with its CA when the settings say so).
+        let connection =
+            customer_ingest::amqp::connection::connect_once(&settings.amqp, "ingest-tests")
+                .await
+                .expect("RabbitMQ answers on 127.0.0.1:5672 (scripts/test.sh starts it)");
         let channel = connection.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())

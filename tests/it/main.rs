@@ -22,6 +22,7 @@ mod pipeline;
 mod prometheus;
 mod retention;
 mod run_script;
+mod tls;
 mod tracing;
 mod trust;
 mod upsert_by_id;

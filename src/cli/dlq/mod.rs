@@ -19,9 +19,9 @@ mod show;
 
 use std::collections::HashSet;
 
-use anyhow::{Context, bail};
-use lapin::{Connection, ConnectionProperties};
+use anyhow::bail;
 
+use crate::amqp::connection::connect_once;
 use crate::config::Settings;
 
 pub use list::ListArgs;
@@ -83,12 +83,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
 
     // No automatic recovery: after a lost connection the unacknowledged messages are back in the
     // queue and this run's delivery tags mean nothing; the operator runs the command again.
-    let connection = Connection::connect(
-        settings.amqp.url(),
-        ConnectionProperties::default().with_connection_name("customer-ingest dlq".into()),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
+    let connection = connect_once(&settings.amqp, "customer-ingest dlq").await?;
     let result = match command {
         Command::List(args) => list::run(&settings, &connection, &args).await,
         Command::Show(args) => show::run(&settings, &connection, &args).await,
