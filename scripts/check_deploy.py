@@ -173,7 +173,13 @@ WRITES_A_FILE = re.compile(r"\b(File::create|fs::write|OpenOptions|create_dir|te
 
 def check_no_file_writes(root):
     for path in sorted((root / "src").rglob("*.rs")):
+        # Unit tests run on a developer's machine, not in the pod: a file of tests, and whatever
+        # follows a file's `#[cfg(test)]`, may write files.
+        if path.name == "tests.rs" or path.name.endswith("_tests.rs"):
+            continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip() == "#[cfg(test)]":
+                break
             if WRITES_A_FILE.search(line) and not line.lstrip().startswith("//"):
                 errors.append(
                     f"{path.relative_to(root)}:{number}: writes a file, but the Deployment's root filesystem is read-only"
