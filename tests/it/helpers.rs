@@ -154,28 +154,14 @@ impl TestApp {
             .await
             .unwrap();
         let events_queue = format!("{}.observer", settings.amqp.events_exchange);
-        channel
-            .queue_declare(
-                events_queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                events_queue.as_str().into(),
-                settings.amqp.events_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let events = consume(&connection, &events_queue).await;
+        let events = bind_and_consume(
+            &connection,
+            &channel,
+            &events_queue,
+            &settings.amqp.events_exchange,
+            "#",
+        )
+        .await;
         let replies = consume(&connection, &settings.amqp.results_queue).await;
 
         TestApp {
@@ -199,28 +185,14 @@ impl TestApp {
             self.settings.amqp.events_exchange,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        self.channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .queue_bind(
-                queue.as_str().into(),
-                self.settings.amqp.events_exchange.as_str().into(),
-                pattern.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        consume(&self.connection, &queue).await
+        bind_and_consume(
+            &self.connection,
+            &self.channel,
+            &queue,
+            &self.settings.amqp.events_exchange,
+            pattern,
+        )
+        .await
     }
 
     /// Publishes a body to the ingest queue as a producer would.
@@ -485,6 +457,38 @@ impl<'a> Message<'a> {
             user_id: None,
         }
     }
+}
+
+/// Declares the exclusive queue `queue`, binds it to `exchange` with `pattern`, and consumes it.
+async fn bind_and_consume(
+    connection: &Connection,
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    pattern: &str,
+) -> Consumer {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    consume(connection, queue).await
 }
 
 pub async fn consume(connection: &Connection, queue: &str) -> Consumer {
