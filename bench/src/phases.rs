@@ -539,6 +539,7 @@ pub async fn large(
         seconds: round(large.seconds, 3),
         customers_per_sec: round(large.customers_per_sec, 0),
         reply_parts: large.reply_parts,
+        cpu_us_per_customer: per_unit(&large.cpu, n as u64),
         cpu: large.cpu,
     }))
 }

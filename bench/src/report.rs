@@ -171,6 +171,7 @@ pub struct Large {
     pub seconds: f64,
     pub customers_per_sec: f64,
     pub reply_parts: usize,
+    pub cpu_us_per_customer: BTreeMap<&'static str, f64>,
     pub cpu: CpuUse,
 }
 
