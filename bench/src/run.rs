@@ -165,26 +165,10 @@ async fn bench(
             EventsMode::PerCustomer => EventsMode::Batch,
             EventsMode::Batch => EventsMode::PerCustomer,
         };
-        let mut mode_settings = settings.clone();
-        mode_settings.events.mode = other;
-        let label = match other {
-            EventsMode::PerCustomer => "per_customer",
-            EventsMode::Batch => "batch",
-        };
-        let mut rig = Rig::start(&mode_settings, args, run_id, label, 1, ledger).await?;
-        let outcome = mode_phases(&mut rig, args, &bodies, deadline).await;
-        warnings.extend(rig.finish(&mode_settings, ledger).await);
-        let (mut insert, mut update, mut kept) = outcome?;
+        let (phases, mut kept) =
+            other_mode(settings, args, run_id, ledger, other, &bodies, warnings).await?;
         captured.append(&mut kept);
-        warnings.append(&mut insert.warnings);
-        warnings.append(&mut update.warnings);
-        events_modes.insert(
-            mode_name(other),
-            ModePhases {
-                insert: insert.into_phase(copy_cps),
-                update: update.into_phase(copy_cps),
-            },
-        );
+        events_modes.insert(mode_name(other), phases.into_phases(copy_cps));
     }
     drop(bodies.updates);
 
@@ -282,6 +266,48 @@ async fn bench(
             .filter_map(|(what, cpu)| noise_warning(&what, cpu)),
     );
     Ok(report)
+}
+
+/// Insert and update on a fresh worker started with `events.mode` = `mode`, and the insert's event
+/// messages if they are one per customer.
+async fn other_mode(
+    settings: &Settings,
+    args: &Args,
+    run_id: &str,
+    ledger: &Ledger,
+    mode: EventsMode,
+    bodies: &Bodies,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<(MeasuredMode, Vec<Captured>)> {
+    let mut mode_settings = settings.clone();
+    mode_settings.events.mode = mode;
+    let label = match mode {
+        EventsMode::PerCustomer => "per_customer",
+        EventsMode::Batch => "batch",
+    };
+    let deadline = || Instant::now() + Duration::from_secs(args.timeout);
+    let mut rig = Rig::start(&mode_settings, args, run_id, label, 1, ledger).await?;
+    let outcome = mode_phases(&mut rig, args, bodies, deadline).await;
+    warnings.extend(rig.finish(&mode_settings, ledger).await);
+    let (mut insert, mut update, captured) = outcome?;
+    warnings.append(&mut insert.warnings);
+    warnings.append(&mut update.warnings);
+    Ok((MeasuredMode { insert, update }, captured))
+}
+
+/// Insert and update of one mode, before they are set against the ceiling.
+struct MeasuredMode {
+    insert: Throughput,
+    update: Throughput,
+}
+
+impl MeasuredMode {
+    fn into_phases(self, ceiling_per_sec: f64) -> ModePhases {
+        ModePhases {
+            insert: self.insert.into_phase(ceiling_per_sec),
+            update: self.update.into_phase(ceiling_per_sec),
+        }
+    }
 }
 
 /// The generated bodies of the throughput phases: every key new, then every customer renamed.
