@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::Args;
 use crate::cleanup::{Ledger, Leftovers, clean};
 use crate::connect::{CALL_PATIENCE, amqp_connection, within};
-use crate::cpu::{Attribution, CpuWatch};
+use crate::cpu::{Attribution, CpuWatch, broker_idle_cores};
 use crate::observer::{Captured, Observer};
 use crate::report::{BarePublish, per_unit, round};
 
@@ -114,6 +114,7 @@ async fn publish_and_observe(
         .collect();
     let mut counts = observer.counts.clone();
     let n = events.len() as u64;
+    let rabbitmq_idle_cores = broker_idle_cores().await;
 
     let cpu = CpuWatch::start(Attribution {
         workers: Vec::new(),
@@ -155,6 +156,7 @@ async fn publish_and_observe(
         events_per_sec: round(n as f64 / seconds, 0),
         broker_us_per_event: cpu.micros_per("rabbitmq", n).map(|us| round(us, 2)),
         cpu_us_per_event: per_unit(&cpu, n),
+        rabbitmq_idle_cores,
         cpu,
     })
 }

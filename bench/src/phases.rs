@@ -21,7 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::Args;
 use crate::cleanup::Ledger;
 use crate::connect::{CALL_PATIENCE, within};
-use crate::cpu::{Attribution, CpuUse, CpuWatch};
+use crate::cpu::{Attribution, CpuUse, CpuWatch, broker_idle_cores, broker_noise_warning};
 use crate::pg_sampler::Sampler;
 use crate::report::{Large, MIB, Phase, Small, per_unit, percentile, round};
 use crate::rig::Rig;
@@ -52,6 +52,7 @@ pub struct Batches {
 /// One throughput phase as measured, before it is set against the ceiling.
 pub struct Throughput {
     customers: usize,
+    rabbitmq_idle_cores: f64,
     pub customers_per_sec: f64,
     seconds: f64,
     latencies_ms: Vec<f64>,
@@ -88,6 +89,7 @@ impl Throughput {
                 .cpu
                 .micros_per("rabbitmq", self.events)
                 .map(|us| round(us, 2)),
+            rabbitmq_idle_cores: self.rabbitmq_idle_cores,
             cpu: self.cpu,
             postgres_sessions: self.postgres_sessions,
             worker: self.worker,
@@ -120,6 +122,7 @@ pub async fn throughput(
         rig.label
     );
     let ids: Vec<String> = (0..m).map(|i| format!("{phase}-{i}")).collect();
+    let rabbitmq_idle_cores = broker_idle_cores().await;
     let events_before = *rig.observer.counts.borrow();
     let peak_rss_per_phase = rig.reset_peaks();
     let postmaster_before = postmaster_started(&rig.pool).await?;
@@ -173,6 +176,10 @@ pub async fn throughput(
             rig.label
         ));
     }
+    warnings.extend(broker_noise_warning(
+        &format!("{}: {phase}", rig.label),
+        rabbitmq_idle_cores,
+    ));
     if worker.troubled() {
         warnings.push(format!(
             "{}: {phase}: the worker retried or reconnected ({worker:?}); its figures include that",
@@ -215,6 +222,7 @@ pub async fn throughput(
         .collect();
     let throughput = Throughput {
         customers: m * k,
+        rabbitmq_idle_cores,
         customers_per_sec: (m * k) as f64 / seconds,
         seconds,
         latencies_ms,

@@ -87,6 +87,8 @@ pub struct BarePublish {
     /// RabbitMQ CPU per event: what the phases' `broker_us_per_event` is set against.
     pub broker_us_per_event: Option<f64>,
     pub cpu_us_per_event: BTreeMap<&'static str, f64>,
+    /// RabbitMQ's cores in the second before, as for a phase.
+    pub rabbitmq_idle_cores: f64,
     pub cpu: CpuUse,
 }
 
@@ -135,6 +137,9 @@ pub struct Phase {
     /// RabbitMQ CPU over the events delivered (all the broker did in the phase, the batches in
     /// and the replies out included); `null` when no event was published.
     pub broker_us_per_event: Option<f64>,
+    /// RabbitMQ's cores in the second before the phase, when the run did nothing: other users of
+    /// the broker, whose work the `rabbitmq` figures include.
+    pub rabbitmq_idle_cores: f64,
     pub cpu: CpuUse,
     /// Average Postgres sessions of the workers in each state (sampled every 100 ms): `CPU` is
     /// running, `idle in transaction` is waiting on the worker mid-transaction, the rest are wait

@@ -16,7 +16,7 @@ use crate::Args;
 use crate::bare::bare_publish;
 use crate::ceiling::ceiling;
 use crate::cleanup::{Ledger, clean};
-use crate::cpu::noise_warning;
+use crate::cpu::{broker_noise_warning, noise_warning};
 use crate::observer::Captured;
 use crate::phases::{Batches, Expect, Throughput, large, small, throughput};
 use crate::report::{
@@ -253,6 +253,10 @@ async fn bench(
     }
     if let Some(bare) = &report.bare_publish {
         measured.push(("bare_publish".to_owned(), &bare.cpu));
+        warnings.extend(broker_noise_warning(
+            "bare_publish",
+            bare.rabbitmq_idle_cores,
+        ));
     }
     if let Some(scale) = &report.scale {
         measured.push(("scale".to_owned(), &scale.phase.cpu));
