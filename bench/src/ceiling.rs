@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use crate::cleanup::{Ledger, Leftovers, clean};
 use crate::connect::{CALL_PATIENCE, pg_options, with_database, within};
-use crate::cpu::CpuSnapshot;
+use crate::cpu::{Attribution, CpuWatch};
 use crate::pg_sampler::Sampler;
-use crate::report::{Ceiling, MIB, round};
+use crate::report::{Ceiling, MIB, per_unit, round};
 use crate::rig::START_PATIENCE;
 use crate::workload::{DIALECT, TENANT};
 
@@ -113,7 +113,10 @@ pub async fn ceiling(
     })
     .await?;
     let sampler = Sampler::start(settings, &name)?;
-    let cpu_before = CpuSnapshot::take(&[]);
+    let cpu = CpuWatch::start(Attribution {
+        workers: Vec::new(),
+        database: name.clone(),
+    });
     let started = Instant::now();
     let copied = tokio::time::timeout_at(deadline, async {
         let mut tx = connection.begin().await?;
@@ -131,7 +134,7 @@ pub async fn ceiling(
     .map_err(|_| anyhow!("the ceiling COPY did not finish before the phase timeout"))?
     .context("the ceiling COPY")?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = CpuSnapshot::take(&[]).since(&cpu_before, seconds);
+    let cpu = cpu.finish(seconds).await;
     let postgres_sessions = sampler.finish().await;
     if copied != rows {
         bail!("the ceiling COPY stored {copied} rows of {rows}");
@@ -143,6 +146,8 @@ pub async fn ceiling(
         customers_per_sec: round(rows as f64 / seconds, 0),
         seconds: round(seconds, 3),
         copy_mib: round(copy_bytes as f64 / MIB, 1),
+        postgres_us_per_row: cpu.micros_per("postgres", rows).map(|us| round(us, 2)),
+        cpu_us_per_row: per_unit(&cpu, rows),
         cpu,
         postgres_sessions,
     })

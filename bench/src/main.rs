@@ -20,15 +20,18 @@
 //! Settings come from where the service takes them (defaults, `--config`, `INGEST__...` variables)
 //! and are handed to the workers whole.
 
+mod bare;
 mod ceiling;
 mod cleanup;
 mod connect;
 mod cpu;
+mod observer;
 mod pg_sampler;
 mod phases;
 mod report;
 mod rig;
 mod run;
+mod targets;
 mod worker;
 mod workload;
 

@@ -21,9 +21,9 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::Args;
 use crate::cleanup::Ledger;
 use crate::connect::{CALL_PATIENCE, within};
-use crate::cpu::{CpuSnapshot, CpuUse};
+use crate::cpu::{Attribution, CpuUse, CpuWatch, broker_idle_cores, broker_noise_warning};
 use crate::pg_sampler::Sampler;
-use crate::report::{Large, MIB, Phase, Small, percentile, round};
+use crate::report::{Large, MIB, Phase, Small, per_unit, percentile, round};
 use crate::rig::Rig;
 use crate::worker::WorkerCounters;
 use crate::workload::{
@@ -51,6 +51,8 @@ pub struct Batches {
 
 /// One throughput phase as measured, before it is set against the ceiling.
 pub struct Throughput {
+    customers: usize,
+    rabbitmq_idle_cores: f64,
     pub customers_per_sec: f64,
     seconds: f64,
     latencies_ms: Vec<f64>,
@@ -69,7 +71,9 @@ pub struct Throughput {
 impl Throughput {
     pub fn into_phase(self, ceiling_per_sec: f64) -> Phase {
         let ms = |p: f64| round(percentile(&self.latencies_ms, p).unwrap_or(0.0), 1);
+        let customers = self.customers as u64;
         Phase {
+            customers: self.customers,
             customers_per_sec: round(self.customers_per_sec, 0),
             ratio: round(self.customers_per_sec / ceiling_per_sec, 3),
             seconds: round(self.seconds, 3),
@@ -80,6 +84,12 @@ impl Throughput {
             peak_rss_per_phase: self.peak_rss_per_phase,
             events: self.events,
             event_messages: self.event_messages,
+            cpu_us_per_customer: per_unit(&self.cpu, customers),
+            broker_us_per_event: self
+                .cpu
+                .micros_per("rabbitmq", self.events)
+                .map(|us| round(us, 2)),
+            rabbitmq_idle_cores: self.rabbitmq_idle_cores,
             cpu: self.cpu,
             postgres_sessions: self.postgres_sessions,
             worker: self.worker,
@@ -112,12 +122,16 @@ pub async fn throughput(
         rig.label
     );
     let ids: Vec<String> = (0..m).map(|i| format!("{phase}-{i}")).collect();
-    let events_before = *rig.events.borrow();
+    let rabbitmq_idle_cores = broker_idle_cores().await;
+    let events_before = *rig.observer.counts.borrow();
     let peak_rss_per_phase = rig.reset_peaks();
     let postmaster_before = postmaster_started(&rig.pool).await?;
     let metrics_before = rig.metric_sums().await;
     let sampler = Sampler::start_for(rig);
-    let cpu_before = CpuSnapshot::take(&rig.pids());
+    let cpu = CpuWatch::start(Attribution {
+        workers: rig.pids(),
+        database: rig.database_name.clone(),
+    });
 
     let started = Instant::now();
     let publisher = AbortOnDropHandle::new(tokio::spawn(publish_all(
@@ -132,14 +146,17 @@ pub async fn throughput(
         collect_replies(rig, &ids, k, expect, publisher, deadline).await?;
 
     let target = events_before.total() + expected_events;
-    let waited = tokio::time::timeout_at(deadline, rig.events.wait_for(|c| c.total() >= target))
-        .await
-        .map(|seen| seen.is_ok());
+    let waited = tokio::time::timeout_at(
+        deadline,
+        rig.observer.counts.wait_for(|c| c.total() >= target),
+    )
+    .await
+    .map(|seen| seen.is_ok());
     match waited {
         Ok(true) => {}
         Ok(false) => bail!("{phase}: the events consumer stopped"),
         Err(_) => {
-            let seen = rig.events.borrow().total() - events_before.total();
+            let seen = rig.observer.counts.borrow().total() - events_before.total();
             bail!(
                 "{phase}: {seen} of {expected_events} events arrived before the timeout; {}",
                 rig.worker_states()
@@ -148,7 +165,7 @@ pub async fn throughput(
     }
     wait_for_empty_outbox(rig, deadline).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = CpuSnapshot::take(&rig.pids()).since(&cpu_before, seconds);
+    let cpu = cpu.finish(seconds).await;
     let postgres_sessions = sampler.finish().await;
     let peak_rss_mib = rig.peak_rss_mib()?;
     let worker = WorkerCounters::between(&metrics_before, &rig.metric_sums().await);
@@ -159,6 +176,10 @@ pub async fn throughput(
             rig.label
         ));
     }
+    warnings.extend(broker_noise_warning(
+        &format!("{}: {phase}", rig.label),
+        rabbitmq_idle_cores,
+    ));
     if worker.troubled() {
         warnings.push(format!(
             "{}: {phase}: the worker retried or reconnected ({worker:?}); its figures include that",
@@ -169,7 +190,7 @@ pub async fn throughput(
     if expect == Expect::Unchanged {
         tokio::time::sleep(QUIET_PERIOD).await;
     }
-    let after = *rig.events.borrow();
+    let after = *rig.observer.counts.borrow();
     let (created, updated, other) = (
         after.created - events_before.created,
         after.updated - events_before.updated,
@@ -200,6 +221,8 @@ pub async fn throughput(
         .map(|got| got.duration_since(started).as_secs_f64() * 1000.0)
         .collect();
     let throughput = Throughput {
+        customers: m * k,
+        rabbitmq_idle_cores,
         customers_per_sec: (m * k) as f64 / seconds,
         seconds,
         latencies_ms,
@@ -524,6 +547,7 @@ pub async fn large(
         seconds: round(large.seconds, 3),
         customers_per_sec: round(large.customers_per_sec, 0),
         reply_parts: large.reply_parts,
+        cpu_us_per_customer: per_unit(&large.cpu, n as u64),
         cpu: large.cpu,
     }))
 }

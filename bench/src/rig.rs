@@ -7,21 +7,20 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use customer_ingest::amqp::{Publisher, topology};
 use customer_ingest::config::{AmqpSettings, DatabaseSettings, Settings};
+use customer_ingest::events::EventsMode;
 use customer_ingest::store;
-use futures_util::StreamExt;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::Args;
 use crate::cleanup::{Ledger, Leftovers, clean};
 use crate::connect::{
     BENCH_APP, CALL_PATIENCE, amqp_connection, consume, pg_options, with_database, within,
 };
+use crate::observer::Observer;
 use crate::worker::{Worker, http_get, metric_sums};
 
 /// A fresh worker applies its migrations and starts consuming well within this.
@@ -33,6 +32,8 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// the service's confirming publisher, the replies, and a running count of the events they publish.
 pub struct Rig {
     pub label: &'static str,
+    /// The workers' `events.mode`.
+    pub events_mode: EventsMode,
     pub amqp: AmqpSettings,
     pub database_name: String,
     own: Leftovers,
@@ -43,62 +44,10 @@ pub struct Rig {
     consuming: Connection,
     pub publisher: Publisher,
     pub replies: Consumer,
-    pub events: watch::Receiver<EventCounts>,
-    events_task: AbortOnDropHandle<()>,
+    /// The events exchange's downstream: a quorum queue consumed as a real consumer would.
+    pub observer: Observer,
     workers: Vec<Worker>,
     shutdown_deadline: Duration,
-}
-
-/// Events received, by kind, and the broker messages that carried them (one per event, or one per
-/// chunk in batch mode).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EventCounts {
-    pub created: u64,
-    pub updated: u64,
-    pub other: u64,
-    pub messages: u64,
-}
-
-impl EventCounts {
-    pub fn total(&self) -> u64 {
-        self.created + self.updated + self.other
-    }
-
-    /// The counts of one message: a per-customer event is known by its routing key
-    /// (`customer.<kind>.<tenant>`); a batch (`customer.batch.<tenant>`) is read for its events'
-    /// types, and nothing more of it.
-    fn of(routing_key: &str, body: &[u8]) -> EventCounts {
-        #[derive(serde::Deserialize)]
-        struct Kind<'a> {
-            #[serde(rename = "type", borrow)]
-            kind: &'a str,
-        }
-        let mut counts = EventCounts {
-            messages: 1,
-            ..EventCounts::default()
-        };
-        let mut add = |kind: &str| match kind {
-            "customer.created" => counts.created += 1,
-            "customer.updated" => counts.updated += 1,
-            _ => counts.other += 1,
-        };
-        match routing_key.split('.').nth(1) {
-            Some("batch") => match serde_json::from_slice::<Vec<Kind>>(body) {
-                Ok(events) => events.iter().for_each(|event| add(event.kind)),
-                Err(_) => add("unreadable"),
-            },
-            Some(kind) => add(&format!("customer.{kind}")),
-            None => add("unroutable"),
-        }
-        counts
-    }
-
-    fn add(&mut self, other: EventCounts) {
-        self.created += other.created;
-        self.updated += other.updated;
-        self.other += other.other;
-        self.messages += other.messages;
-    }
 }
 
 impl Rig {
@@ -118,7 +67,7 @@ impl Rig {
         amqp.events_exchange = format!("{prefix}.events");
         amqp.results_queue = format!("{prefix}.results");
         amqp.prefetch = args.prefetch;
-        let observer = format!("{prefix}.observer");
+        let observer_queue = format!("{prefix}.observer");
         let database_name = format!("ingest_bench_{run_id}_{label}");
         // Recorded before anything exists, so that a failure halfway still removes what was made.
         let own = Leftovers {
@@ -126,7 +75,7 @@ impl Rig {
                 amqp.ingest_queue.clone(),
                 amqp.dead_letter_queue.clone(),
                 amqp.results_queue.clone(),
-                observer.clone(),
+                observer_queue.clone(),
             ],
             exchanges: vec![
                 amqp.dead_letter_exchange.clone(),
@@ -173,47 +122,19 @@ impl Rig {
         .await?
         .with_patience(Duration::from_secs(args.timeout));
 
-        let (events_tx, events) = watch::channel(EventCounts::default());
-        let (replies, mut event_deliveries) =
+        let (replies, observer) =
             within(CALL_PATIENCE, "subscribing to replies and events", async {
-                let observe = consuming.create_channel().await?;
-                observe
-                    .queue_declare(
-                        observer.as_str().into(),
-                        QueueDeclareOptions {
-                            exclusive: true,
-                            ..QueueDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                observe
-                    .queue_bind(
-                        observer.as_str().into(),
-                        amqp.events_exchange.as_str().into(),
-                        "#".into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                let events = consume(&observe, &observer).await?;
+                let observer =
+                    Observer::start(&consuming, &observer_queue, &amqp.events_exchange).await?;
                 let replies =
                     consume(&consuming.create_channel().await?, &amqp.results_queue).await?;
-                Ok((replies, events))
+                Ok((replies, observer))
             })
             .await?;
-        // Per customer only the routing key is read: the bench shares the machine with what it
-        // measures, and parsing a few hundred thousand events would take CPU from the worker. A
-        // batch is read for its events' types only.
-        let events_task = AbortOnDropHandle::new(tokio::spawn(async move {
-            while let Some(Ok(delivery)) = event_deliveries.next().await {
-                let counts = EventCounts::of(delivery.routing_key.as_str(), &delivery.data);
-                events_tx.send_modify(|total| total.add(counts));
-            }
-        }));
 
         let mut rig = Rig {
             label,
+            events_mode: settings.events.mode,
             amqp,
             database_name,
             own,
@@ -222,8 +143,7 @@ impl Rig {
             consuming,
             publisher,
             replies,
-            events,
-            events_task,
+            observer,
             workers: Vec::new(),
             shutdown_deadline: settings.shutdown.deadline(),
         };
@@ -368,7 +288,7 @@ impl Rig {
                 warnings.push(format!("{}: {error:#}", self.label));
             }
         }
-        drop(self.events_task);
+        drop(self.observer);
         drop(self.replies);
         let _ = tokio::time::timeout(CALL_PATIENCE, async {
             let _ = self.publishing.close(200, "bench done".into()).await;

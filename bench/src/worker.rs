@@ -127,7 +127,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// The worker's own account of a phase, from its `/metrics`: how long its chunk transactions took,
 /// and anything that means the figures are not those of a healthy run (retries, reconnects,
 /// redeliveries, outage requeues, dead letters).
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerCounters {
     chunks: u64,
     chunk_ms_avg: f64,
