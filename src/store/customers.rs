@@ -3,11 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::outbox;
+use crate::events::{Data, Encoded, Encoder, EventType, NewEvent};
 use crate::model::Action;
 
 /// One customer of a chunk: the producer's key and the customer document to store.
@@ -30,8 +33,9 @@ pub struct Applied {
 pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
 
 /// Inserts new keys, updates changed ones (bumping `version`) and leaves unchanged ones alone, in one
-/// statement; writes one outbox row holding the events of every insert and real update; records
-/// the chunk's results for `(tenant, batch_id, chunk_index)`; and commits.
+/// statement; writes one outbox row holding the events of every insert and real update, encoded
+/// here from what the statement returned; records the chunk's results for
+/// `(tenant, batch_id, chunk_index)`; and commits.
 ///
 /// The caller holds the batch's [`Claim`](super::batches::Claim) and passes only rows whose results
 /// are not recorded yet, under a chunk index not used before.
@@ -78,66 +82,61 @@ pub async fn apply_chunk(
         order.iter().map(|row| row.data.as_str()).collect()
     };
     let new_ids: Vec<Uuid> = order.iter().map(|_| Uuid::now_v7()).collect();
+    let hashes: Vec<[u8; 16]> = data.iter().map(|document| hash(document)).collect();
 
-    // One round trip. `same` finds the records identical to their stored customer first: they are
-    // reported as unchanged without being written at all (an ON CONFLICT update, even one whose WHERE
-    // rejects it, locks the row and so dirties its page). The rest go through the upsert, which writes
-    // an outbox event for every insert and real update.
-    let results: Vec<(String, Uuid, i64, bool)> = sqlx::query_as(
+    // One round trip. `same` finds the records identical to their stored customer first, by the
+    // hash of the serialized document (by the document itself for customers stored before hashes
+    // were): they are reported as unchanged without being written at all (an ON CONFLICT update,
+    // even one whose WHERE rejects it, locks the row and so dirties its page). The rest go through
+    // the upsert, whose WHERE still compares documents, so that a document serialized differently
+    // but equal is never a new version.
+    let results: Vec<Upserted> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[]) AS t(key, data, new_id)
+             SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::bytea[])
+                 AS t(key, data, new_id, hash)
          ), same AS (
-             SELECT c.key, c.id, c.version FROM input i
+             SELECT c.key, c.id, c.version, c.created_at, c.updated_at FROM input i
              JOIN customers c ON c.tenant = $1 AND c.key = i.key
-             WHERE c.data = i.data::jsonb
+             WHERE c.data_hash = i.hash OR (c.data_hash IS NULL AND c.data = i.data::jsonb)
          ), upserted AS (
-             INSERT INTO customers AS c (id, tenant, key, version, data)
-             SELECT new_id, $1, key, 1, data::jsonb FROM input
+             INSERT INTO customers AS c (id, tenant, key, version, data, data_hash)
+             SELECT new_id, $1, key, 1, data::jsonb, hash FROM input
              WHERE key NOT IN (SELECT key FROM same)
              ON CONFLICT (tenant, key) DO UPDATE
-                 SET data = EXCLUDED.data, version = c.version + 1, updated_at = now()
+                 SET data = EXCLUDED.data, data_hash = EXCLUDED.data_hash,
+                     version = c.version + 1, updated_at = now()
                  WHERE c.data IS DISTINCT FROM EXCLUDED.data
-             RETURNING c.id, c.key, c.version, c.data, c.created_at, c.updated_at
-         ), events AS (
-             INSERT INTO outbox (tenant, batch_id, event_count, events, traceparent, tracestate)
-             SELECT $1, $5, count(*),
-                    jsonb_agg(jsonb_build_object(
-                        'event_id', md5(id::text || ':' || version)::uuid,
-                        'routing_key', CASE WHEN version = 1 THEN 'customer.created'
-                                            ELSE 'customer.updated' END,
-                        'customer_id', id, 'version', version, 'occurred_at', updated_at,
-                        'customer', jsonb_build_object('id', id, 'tenant', $1::text, 'key', key,
-                                                       'version', version, 'createdAt', created_at,
-                                                       'updatedAt', updated_at) || data)),
-                    $6, $7
-             FROM upserted
-             HAVING count(*) > 0
+             RETURNING c.key, c.id, c.version, c.created_at, c.updated_at
          )
-         SELECT key, id, version, true AS written FROM upserted
+         SELECT key, id, version, true AS written, created_at, updated_at,
+                md5(id::text || ':' || version)::uuid AS event_id
+         FROM upserted
          UNION ALL
-         SELECT key, id, version, false FROM same",
+         SELECT key, id, version, false, created_at, updated_at, NULL FROM same",
     )
     .bind(tenant)
     .bind(&keys)
     .bind(&data)
     .bind(&new_ids)
-    .bind(batch_id)
-    .bind(trace.map(|t| t.traceparent.as_str()))
-    .bind(trace.and_then(|t| t.tracestate.as_deref()))
+    .bind(&hashes)
     .fetch_all(&mut *tx)
     .await?;
 
+    let events = encode_events(tenant, batch_id, trace, &keys, &data, &results);
+    if let Some(events) = events {
+        outbox::insert(&mut tx, tenant, batch_id, trace, &events).await?;
+    }
     let mut applied: Vec<Applied> = results
         .into_iter()
-        .map(|(key, id, version, written)| Applied {
-            action: match (written, version) {
+        .map(|row| Applied {
+            action: match (row.written, row.version) {
                 (false, _) => Action::Unchanged,
                 (true, 1) => Action::Created,
                 (true, _) => Action::Updated,
             },
-            key,
-            id,
-            version,
+            key: row.key,
+            id: row.id,
+            version: row.version,
         })
         .collect();
     if applied.len() < rows.len() {
@@ -172,6 +171,73 @@ pub async fn apply_chunk(
     fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
     tx.commit().await?;
     Ok(applied)
+}
+
+/// One row of the chunk statement: a customer written (inserted or changed) or found unchanged.
+#[derive(sqlx::FromRow)]
+struct Upserted {
+    key: String,
+    id: Uuid,
+    version: i64,
+    written: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// Of a written customer: its event's id, `md5(id || ':' || version)`, as every event's id.
+    event_id: Option<Uuid>,
+}
+
+/// The events of the customers the chunk wrote, in key order (`keys` and `data` are), or `None`
+/// when it wrote none.
+fn encode_events(
+    tenant: &str,
+    batch_id: &str,
+    trace: Option<&outbox::Trace>,
+    keys: &[&str],
+    data: &[&str],
+    results: &[Upserted],
+) -> Option<Encoded> {
+    let mut written: Vec<(&Upserted, &str)> = results
+        .iter()
+        .filter(|row| row.written)
+        .filter_map(|row| {
+            let at = keys.binary_search(&row.key.as_str()).ok()?;
+            Some((row, data[at]))
+        })
+        .collect();
+    if written.is_empty() {
+        return None;
+    }
+    written.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key));
+    let bytes = written.iter().map(|(_, document)| document.len()).sum();
+    let mut encoder = Encoder::new(tenant, batch_id, trace, written.len(), bytes);
+    for (row, document) in written {
+        encoder.push(&NewEvent {
+            id: row.event_id.unwrap_or_default(),
+            kind: if row.version == 1 {
+                EventType::Created
+            } else {
+                EventType::Updated
+            },
+            customer_id: row.id,
+            version: row.version,
+            time: row.updated_at,
+            key: &row.key,
+            data: Data::Stored {
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+                document,
+            },
+        });
+    }
+    Some(encoder.finish())
+}
+
+/// The first 16 bytes of the SHA-256 of a serialized customer document: what `customers.data_hash`
+/// holds.
+fn hash(document: &str) -> [u8; 16] {
+    Sha256::digest(document.as_bytes())[..16]
+        .try_into()
+        .expect("SHA-256 is longer than 16 bytes")
 }
 
 /// Which of `keys` the tenant has.
