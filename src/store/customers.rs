@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::outbox;
@@ -122,7 +122,7 @@ pub async fn apply_chunk(
     .fetch_all(&mut *tx)
     .await?;
 
-    let events = encode_events(tenant, batch_id, trace, &keys, &data, &results);
+    let events = encode_events(tenant, batch_id, trace, &keys, &data, &results)?;
     if let Some(events) = events {
         outbox::insert(&mut tx, tenant, batch_id, trace, &events).await?;
     }
@@ -159,18 +159,86 @@ pub async fn apply_chunk(
         }));
     }
 
+    record_results(&mut tx, tenant, batch_id, chunk_index, &applied).await?;
+    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Records what the chunk did to each key, as one array per field.
+async fn record_results(
+    conn: &mut PgConnection,
+    tenant: &str,
+    batch_id: &str,
+    chunk_index: i32,
+    applied: &[Applied],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, results) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, keys, ids, versions, actions)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(tenant)
     .bind(batch_id)
     .bind(chunk_index)
-    .bind(sqlx::types::Json(&applied))
-    .execute(&mut *tx)
+    .bind(applied.iter().map(|a| a.key.as_str()).collect::<Vec<_>>())
+    .bind(applied.iter().map(|a| a.id).collect::<Vec<_>>())
+    .bind(applied.iter().map(|a| a.version).collect::<Vec<_>>())
+    .bind(
+        applied
+            .iter()
+            .map(|a| action_code(a.action))
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
     .await?;
-    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
-    tx.commit().await?;
-    Ok(applied)
+    Ok(())
+}
+
+/// How `batch_chunks.actions` stores what a chunk did to a key.
+fn action_code(action: Action) -> i16 {
+    match action {
+        Action::Created => 0,
+        Action::Updated => 1,
+        // A chunk records only what it applied; nothing else is stored.
+        Action::Unchanged | Action::Failed => 2,
+    }
+}
+
+/// The results a chunk recorded, from the arrays [`record_results`] wrote.
+pub(super) fn recorded(
+    keys: Vec<String>,
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    actions: Vec<i16>,
+) -> Result<Vec<Applied>, sqlx::Error> {
+    if ids.len() != keys.len() || versions.len() != keys.len() || actions.len() != keys.len() {
+        return Err(sqlx::Error::Decode(
+            "a chunk's recorded results differ in length".into(),
+        ));
+    }
+    keys.into_iter()
+        .zip(ids)
+        .zip(versions)
+        .zip(actions)
+        .map(|(((key, id), version), action)| {
+            let action = match action {
+                0 => Action::Created,
+                1 => Action::Updated,
+                2 => Action::Unchanged,
+                other => {
+                    return Err(sqlx::Error::Decode(
+                        format!("a chunk recorded the unknown action {other}").into(),
+                    ));
+                }
+            };
+            Ok(Applied {
+                key,
+                id,
+                version,
+                action,
+            })
+        })
+        .collect()
 }
 
 /// One row of the chunk statement: a customer written (inserted or changed) or found unchanged.
@@ -187,7 +255,7 @@ struct Upserted {
 }
 
 /// The events of the customers the chunk wrote, in key order (`keys` and `data` are), or `None`
-/// when it wrote none.
+/// when it wrote none. `keys` is sorted.
 fn encode_events(
     tenant: &str,
     batch_id: &str,
@@ -195,24 +263,29 @@ fn encode_events(
     keys: &[&str],
     data: &[&str],
     results: &[Upserted],
-) -> Option<Encoded> {
-    let mut written: Vec<(&Upserted, &str)> = results
+) -> Result<Option<Encoded>, sqlx::Error> {
+    let mut written: Vec<(&Upserted, Uuid, &str)> = results
         .iter()
         .filter(|row| row.written)
-        .filter_map(|row| {
-            let at = keys.binary_search(&row.key.as_str()).ok()?;
-            Some((row, data[at]))
+        .map(|row| {
+            let at = keys.binary_search(&row.key.as_str()).ok();
+            match (row.event_id, at) {
+                (Some(event_id), Some(at)) => Ok((row, event_id, data[at])),
+                _ => Err(sqlx::Error::Protocol(
+                    "the upsert returned a customer without its event id or its chunk's key".into(),
+                )),
+            }
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     if written.is_empty() {
-        return None;
+        return Ok(None);
     }
     written.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key));
-    let bytes = written.iter().map(|(_, document)| document.len()).sum();
+    let bytes = written.iter().map(|(_, _, document)| document.len()).sum();
     let mut encoder = Encoder::new(tenant, batch_id, trace, written.len(), bytes);
-    for (row, document) in written {
+    for (row, event_id, document) in written {
         encoder.push(&NewEvent {
-            id: row.event_id.unwrap_or_default(),
+            id: event_id,
             kind: if row.version == 1 {
                 EventType::Created
             } else {
@@ -229,7 +302,7 @@ fn encode_events(
             },
         });
     }
-    Some(encoder.finish())
+    Ok(Some(encoder.finish()))
 }
 
 /// The first 16 bytes of the SHA-256 of a serialized customer document: what `customers.data_hash`

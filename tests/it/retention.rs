@@ -73,7 +73,8 @@ async fn orphan(pool: &PgPool, tenant: &str, batch_id: &str) {
     .unwrap();
     for index in 0..2 {
         sqlx::query(
-            "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, results) VALUES ($1, $2, $3, '[]')",
+            "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, keys, ids, versions, actions)
+             VALUES ($1, $2, $3, '{}', '{}', '{}', '{}')",
         )
         .bind(tenant)
         .bind(batch_id)
