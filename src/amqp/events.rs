@@ -25,7 +25,7 @@ pub async fn publish(
         .map(|message| Outgoing {
             exchange,
             routing_key: &message.routing_key,
-            body: &message.body,
+            body: message.body,
             properties: properties(message),
             mandatory: false,
         })

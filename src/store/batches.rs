@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 
-use super::customers::Applied;
+use super::customers::{self, Applied};
+use uuid::Uuid;
 
 /// The first key of the advisory locks that claim a batch (two-key locks live apart from the
 /// one-key ones of the relay).
@@ -78,19 +79,22 @@ pub async fn recorded_results(
     tenant: &str,
     batch_id: &str,
 ) -> Result<(HashMap<String, Applied>, i32), sqlx::Error> {
-    let chunks: Vec<(i32, sqlx::types::Json<Vec<Applied>>)> = sqlx::query_as(
-        "SELECT chunk_index, results FROM batch_chunks WHERE tenant = $1 AND batch_id = $2",
+    #[allow(clippy::type_complexity)]
+    let chunks: Vec<(i32, Vec<String>, Vec<Uuid>, Vec<i64>, Vec<i16>)> = sqlx::query_as(
+        "SELECT chunk_index, keys, ids, versions, actions FROM batch_chunks
+         WHERE tenant = $1 AND batch_id = $2",
     )
     .bind(tenant)
     .bind(batch_id)
     .fetch_all(pool)
     .await?;
-    let next = chunks.iter().map(|(index, _)| index + 1).max().unwrap_or(0);
-    let recorded = chunks
-        .into_iter()
-        .flat_map(|(_, results)| results.0)
-        .map(|applied| (applied.key.clone(), applied))
-        .collect();
+    let next = chunks.iter().map(|chunk| chunk.0 + 1).max().unwrap_or(0);
+    let mut recorded = HashMap::new();
+    for (_, keys, ids, versions, actions) in chunks {
+        for applied in customers::recorded(keys, ids, versions, actions)? {
+            recorded.insert(applied.key.clone(), applied);
+        }
+    }
     Ok((recorded, next))
 }
 

@@ -3,11 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::outbox;
+use crate::events::{Data, Encoded, Encoder, EventType, NewEvent};
 use crate::model::Action;
 
 /// One customer of a chunk: the producer's key and the customer document to store.
@@ -30,8 +33,9 @@ pub struct Applied {
 pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
 
 /// Inserts new keys, updates changed ones (bumping `version`) and leaves unchanged ones alone, in one
-/// statement; writes one outbox row holding the events of every insert and real update; records
-/// the chunk's results for `(tenant, batch_id, chunk_index)`; and commits.
+/// statement; writes one outbox row holding the events of every insert and real update, encoded
+/// here from what the statement returned; records the chunk's results for
+/// `(tenant, batch_id, chunk_index)`; and commits.
 ///
 /// The caller holds the batch's [`Claim`](super::batches::Claim) and passes only rows whose results
 /// are not recorded yet, under a chunk index not used before.
@@ -78,66 +82,61 @@ pub async fn apply_chunk(
         order.iter().map(|row| row.data.as_str()).collect()
     };
     let new_ids: Vec<Uuid> = order.iter().map(|_| Uuid::now_v7()).collect();
+    let hashes: Vec<[u8; 16]> = data.iter().map(|document| hash(document)).collect();
 
-    // One round trip. `same` finds the records identical to their stored customer first: they are
-    // reported as unchanged without being written at all (an ON CONFLICT update, even one whose WHERE
-    // rejects it, locks the row and so dirties its page). The rest go through the upsert, which writes
-    // an outbox event for every insert and real update.
-    let results: Vec<(String, Uuid, i64, bool)> = sqlx::query_as(
+    // One round trip. `same` finds the records identical to their stored customer first, by the
+    // hash of the serialized document (by the document itself for customers stored before hashes
+    // were): they are reported as unchanged without being written at all (an ON CONFLICT update,
+    // even one whose WHERE rejects it, locks the row and so dirties its page). The rest go through
+    // the upsert, whose WHERE still compares documents, so that a document serialized differently
+    // but equal is never a new version.
+    let results: Vec<Upserted> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[]) AS t(key, data, new_id)
+             SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::bytea[])
+                 AS t(key, data, new_id, hash)
          ), same AS (
-             SELECT c.key, c.id, c.version FROM input i
+             SELECT c.key, c.id, c.version, c.created_at, c.updated_at FROM input i
              JOIN customers c ON c.tenant = $1 AND c.key = i.key
-             WHERE c.data = i.data::jsonb
+             WHERE c.data_hash = i.hash OR (c.data_hash IS NULL AND c.data = i.data::jsonb)
          ), upserted AS (
-             INSERT INTO customers AS c (id, tenant, key, version, data)
-             SELECT new_id, $1, key, 1, data::jsonb FROM input
+             INSERT INTO customers AS c (id, tenant, key, version, data, data_hash)
+             SELECT new_id, $1, key, 1, data::jsonb, hash FROM input
              WHERE key NOT IN (SELECT key FROM same)
              ON CONFLICT (tenant, key) DO UPDATE
-                 SET data = EXCLUDED.data, version = c.version + 1, updated_at = now()
+                 SET data = EXCLUDED.data, data_hash = EXCLUDED.data_hash,
+                     version = c.version + 1, updated_at = now()
                  WHERE c.data IS DISTINCT FROM EXCLUDED.data
-             RETURNING c.id, c.key, c.version, c.data, c.created_at, c.updated_at
-         ), events AS (
-             INSERT INTO outbox (tenant, batch_id, event_count, events, traceparent, tracestate)
-             SELECT $1, $5, count(*),
-                    jsonb_agg(jsonb_build_object(
-                        'event_id', md5(id::text || ':' || version)::uuid,
-                        'routing_key', CASE WHEN version = 1 THEN 'customer.created'
-                                            ELSE 'customer.updated' END,
-                        'customer_id', id, 'version', version, 'occurred_at', updated_at,
-                        'customer', jsonb_build_object('id', id, 'tenant', $1::text, 'key', key,
-                                                       'version', version, 'createdAt', created_at,
-                                                       'updatedAt', updated_at) || data)),
-                    $6, $7
-             FROM upserted
-             HAVING count(*) > 0
+             RETURNING c.key, c.id, c.version, c.created_at, c.updated_at
          )
-         SELECT key, id, version, true AS written FROM upserted
+         SELECT key, id, version, true AS written, created_at, updated_at,
+                md5(id::text || ':' || version)::uuid AS event_id
+         FROM upserted
          UNION ALL
-         SELECT key, id, version, false FROM same",
+         SELECT key, id, version, false, created_at, updated_at, NULL FROM same",
     )
     .bind(tenant)
     .bind(&keys)
     .bind(&data)
     .bind(&new_ids)
-    .bind(batch_id)
-    .bind(trace.map(|t| t.traceparent.as_str()))
-    .bind(trace.and_then(|t| t.tracestate.as_deref()))
+    .bind(&hashes)
     .fetch_all(&mut *tx)
     .await?;
 
+    let events = encode_events(tenant, batch_id, trace, &keys, &data, &results)?;
+    if let Some(events) = events {
+        outbox::insert(&mut tx, tenant, batch_id, trace, &events).await?;
+    }
     let mut applied: Vec<Applied> = results
         .into_iter()
-        .map(|(key, id, version, written)| Applied {
-            action: match (written, version) {
+        .map(|row| Applied {
+            action: match (row.written, row.version) {
                 (false, _) => Action::Unchanged,
                 (true, 1) => Action::Created,
                 (true, _) => Action::Updated,
             },
-            key,
-            id,
-            version,
+            key: row.key,
+            id: row.id,
+            version: row.version,
         })
         .collect();
     if applied.len() < rows.len() {
@@ -160,18 +159,158 @@ pub async fn apply_chunk(
         }));
     }
 
+    record_results(&mut tx, tenant, batch_id, chunk_index, &applied).await?;
+    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Records what the chunk did to each key, as one array per field.
+async fn record_results(
+    conn: &mut PgConnection,
+    tenant: &str,
+    batch_id: &str,
+    chunk_index: i32,
+    applied: &[Applied],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, results) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, keys, ids, versions, actions)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(tenant)
     .bind(batch_id)
     .bind(chunk_index)
-    .bind(sqlx::types::Json(&applied))
-    .execute(&mut *tx)
+    .bind(applied.iter().map(|a| a.key.as_str()).collect::<Vec<_>>())
+    .bind(applied.iter().map(|a| a.id).collect::<Vec<_>>())
+    .bind(applied.iter().map(|a| a.version).collect::<Vec<_>>())
+    .bind(
+        applied
+            .iter()
+            .map(|a| action_code(a.action))
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
     .await?;
-    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
-    tx.commit().await?;
-    Ok(applied)
+    Ok(())
+}
+
+/// How `batch_chunks.actions` stores what a chunk did to a key.
+fn action_code(action: Action) -> i16 {
+    match action {
+        Action::Created => 0,
+        Action::Updated => 1,
+        // A chunk records only what it applied; nothing else is stored.
+        Action::Unchanged | Action::Failed => 2,
+    }
+}
+
+/// The results a chunk recorded, from the arrays [`record_results`] wrote.
+pub(super) fn recorded(
+    keys: Vec<String>,
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    actions: Vec<i16>,
+) -> Result<Vec<Applied>, sqlx::Error> {
+    if ids.len() != keys.len() || versions.len() != keys.len() || actions.len() != keys.len() {
+        return Err(sqlx::Error::Decode(
+            "a chunk's recorded results differ in length".into(),
+        ));
+    }
+    keys.into_iter()
+        .zip(ids)
+        .zip(versions)
+        .zip(actions)
+        .map(|(((key, id), version), action)| {
+            let action = match action {
+                0 => Action::Created,
+                1 => Action::Updated,
+                2 => Action::Unchanged,
+                other => {
+                    return Err(sqlx::Error::Decode(
+                        format!("a chunk recorded the unknown action {other}").into(),
+                    ));
+                }
+            };
+            Ok(Applied {
+                key,
+                id,
+                version,
+                action,
+            })
+        })
+        .collect()
+}
+
+/// One row of the chunk statement: a customer written (inserted or changed) or found unchanged.
+#[derive(sqlx::FromRow)]
+struct Upserted {
+    key: String,
+    id: Uuid,
+    version: i64,
+    written: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// Of a written customer: its event's id, `md5(id || ':' || version)`, as every event's id.
+    event_id: Option<Uuid>,
+}
+
+/// The events of the customers the chunk wrote, in key order (`keys` and `data` are), or `None`
+/// when it wrote none. `keys` is sorted.
+fn encode_events(
+    tenant: &str,
+    batch_id: &str,
+    trace: Option<&outbox::Trace>,
+    keys: &[&str],
+    data: &[&str],
+    results: &[Upserted],
+) -> Result<Option<Encoded>, sqlx::Error> {
+    let mut written: Vec<(&Upserted, Uuid, &str)> = results
+        .iter()
+        .filter(|row| row.written)
+        .map(|row| {
+            let at = keys.binary_search(&row.key.as_str()).ok();
+            match (row.event_id, at) {
+                (Some(event_id), Some(at)) => Ok((row, event_id, data[at])),
+                _ => Err(sqlx::Error::Protocol(
+                    "the upsert returned a customer without its event id or its chunk's key".into(),
+                )),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    if written.is_empty() {
+        return Ok(None);
+    }
+    written.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key));
+    let bytes = written.iter().map(|(_, _, document)| document.len()).sum();
+    let mut encoder = Encoder::new(tenant, batch_id, trace, written.len(), bytes);
+    for (row, event_id, document) in written {
+        encoder.push(&NewEvent {
+            id: event_id,
+            kind: if row.version == 1 {
+                EventType::Created
+            } else {
+                EventType::Updated
+            },
+            customer_id: row.id,
+            version: row.version,
+            time: row.updated_at,
+            key: &row.key,
+            data: Data::Stored {
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+                document,
+            },
+        });
+    }
+    Ok(Some(encoder.finish()))
+}
+
+/// The first 16 bytes of the SHA-256 of a serialized customer document: what `customers.data_hash`
+/// holds.
+fn hash(document: &str) -> [u8; 16] {
+    Sha256::digest(document.as_bytes())[..16]
+        .try_into()
+        .expect("SHA-256 is longer than 16 bytes")
 }
 
 /// Which of `keys` the tenant has.

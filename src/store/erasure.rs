@@ -1,10 +1,12 @@
 //! Erasure: a customer deleted on request (the right to erasure), with everything this service keeps
 //! of it, in one transaction.
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::outbox::RELAY_LOCK;
+use super::outbox::{self, PendingEvent, RELAY_LOCK};
+use crate::events::{Data, Encoder, EventType, NewEvent};
 
 /// The `batch_id` of the outbox row, and of the event, that announces an erasure: it belongs to no
 /// producer's batch.
@@ -74,23 +76,24 @@ pub async fn erase(
     let version = last_version + 1;
     // The same event id scheme as every change's event (src/store/customers.rs): unique per
     // customer and version.
-    let outbox_row: i64 = sqlx::query_scalar(
-        "INSERT INTO outbox (tenant, batch_id, event_count, events)
-         SELECT $1, $5, 1, jsonb_build_array(jsonb_build_object(
-             'event_id', md5($2::text || ':' || $3)::uuid,
-             'routing_key', 'customer.deleted',
-             'customer_id', $2, 'version', $3, 'occurred_at', now(),
-             'customer', jsonb_build_object('id', $2, 'tenant', $1::text, 'key', $4::text,
-                                            'version', $3, 'deletedAt', now())))
-         RETURNING id",
-    )
-    .bind(tenant)
-    .bind(customer_id)
-    .bind(version)
-    .bind(key)
-    .bind(ERASURE_BATCH_ID)
-    .fetch_one(&mut *tx)
-    .await?;
+    let (event_id, now): (Uuid, DateTime<Utc>) =
+        sqlx::query_as("SELECT md5($1::text || ':' || $2)::uuid, now()")
+            .bind(customer_id)
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut encoder = Encoder::new(tenant, ERASURE_BATCH_ID, None, 1, 0);
+    encoder.push(&NewEvent {
+        id: event_id,
+        kind: EventType::Deleted,
+        customer_id,
+        version,
+        time: now,
+        key,
+        data: Data::Deleted,
+    });
+    let outbox_row =
+        outbox::insert(&mut tx, tenant, ERASURE_BATCH_ID, None, &encoder.finish()).await?;
     tx.commit().await?;
     Ok(Some(Erased {
         customer_id,
@@ -101,6 +104,17 @@ pub async fn erase(
         reply_records,
         pending_events,
     }))
+}
+
+/// An outbox row holding an event of the customer being erased.
+#[derive(sqlx::FromRow)]
+struct Pending {
+    id: i64,
+    body: Vec<u8>,
+    event_ends: Vec<i32>,
+    event_ids: Vec<Uuid>,
+    event_kinds: Vec<i16>,
+    customer_ids: Vec<Uuid>,
 }
 
 /// Rewrites every stored reply of the tenant that has a record of the customer (by id, or by key
@@ -161,42 +175,60 @@ async fn drop_pending_events(
         .bind(RELAY_LOCK)
         .execute(&mut **tx)
         .await?;
-    let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
-        "SELECT id, events FROM outbox
-         WHERE tenant = $1 AND events @> jsonb_build_array(jsonb_build_object('customer_id', $2::text))
+    let rows: Vec<Pending> = sqlx::query_as(
+        "SELECT id, body, event_ends, event_ids, event_kinds, customer_ids
+         FROM outbox WHERE tenant = $1 AND $2 = ANY(customer_ids)
          ORDER BY id
          FOR UPDATE",
     )
     .bind(tenant)
-    .bind(customer_id.to_string())
+    .bind(customer_id)
     .fetch_all(&mut **tx)
     .await?;
-    let customer = customer_id.to_string();
     let mut dropped = 0;
-    for (id, events) in rows {
-        let events = match events {
-            serde_json::Value::Array(events) => events,
-            _ => continue,
-        };
-        let before = events.len();
-        let kept: Vec<serde_json::Value> = events
+    for row in rows {
+        let events = PendingEvent::from_columns(
+            &row.body,
+            &row.event_ends,
+            &row.event_ids,
+            &row.event_kinds,
+            &row.customer_ids,
+        )
+        .map_err(|error| sqlx::Error::Decode(error.into()))?;
+        let (gone, kept): (Vec<PendingEvent>, Vec<PendingEvent>) = events
             .into_iter()
-            .filter(|event| event["customer_id"].as_str() != Some(customer.as_str()))
-            .collect();
-        dropped += (before - kept.len()) as u64;
+            .partition(|event| event.customer_id == customer_id);
+        dropped += gone.len() as u64;
         if kept.is_empty() {
             sqlx::query("DELETE FROM outbox WHERE id = $1")
-                .bind(id)
+                .bind(row.id)
                 .execute(&mut **tx)
                 .await?;
-        } else {
-            sqlx::query("UPDATE outbox SET events = $2, event_count = $3 WHERE id = $1")
-                .bind(id)
-                .bind(serde_json::Value::Array(kept.clone()))
-                .bind(kept.len() as i32)
-                .execute(&mut **tx)
-                .await?;
+            continue;
         }
+        // The kept events' bytes as they were, in a new array.
+        let mut body = Vec::with_capacity(row.body.len());
+        let mut ends = Vec::with_capacity(kept.len());
+        for event in &kept {
+            body.push(if ends.is_empty() { b'[' } else { b',' });
+            body.extend_from_slice(&row.body[event.span.clone()]);
+            ends.push(i32::try_from(body.len()).expect("a row's body is under 2 GiB"));
+        }
+        body.push(b']');
+        sqlx::query(
+            "UPDATE outbox SET body = $2, event_ends = $3, event_ids = $4, event_kinds = $5,
+                               customer_ids = $6, event_count = $7
+             WHERE id = $1",
+        )
+        .bind(row.id)
+        .bind(body)
+        .bind(ends)
+        .bind(kept.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(kept.iter().map(|e| e.kind.code()).collect::<Vec<_>>())
+        .bind(kept.iter().map(|e| e.customer_id).collect::<Vec<_>>())
+        .bind(kept.len() as i32)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(dropped)
 }

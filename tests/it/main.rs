@@ -18,6 +18,7 @@ mod faults;
 mod helpers;
 mod ingest;
 mod match_by_contact;
+mod outbox_upgrade;
 mod pipeline;
 mod prometheus;
 mod retention;

@@ -5,7 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use customer_ingest::config::Settings;
-use customer_ingest::store::{batches, retention};
+use customer_ingest::events::{Data, Encoder, EventType, NewEvent};
+use customer_ingest::store::{batches, outbox, retention};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -72,7 +73,8 @@ async fn orphan(pool: &PgPool, tenant: &str, batch_id: &str) {
     .unwrap();
     for index in 0..2 {
         sqlx::query(
-            "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, results) VALUES ($1, $2, $3, '[]')",
+            "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, keys, ids, versions, actions)
+             VALUES ($1, $2, $3, '{}', '{}', '{}', '{}')",
         )
         .bind(tenant)
         .bind(batch_id)
@@ -292,18 +294,28 @@ async fn erase_drops_the_customers_pending_events_and_queues_its_deletion() {
         .await
         .unwrap();
     }
-    let event = |id: uuid::Uuid| {
-        json!({"event_id": uuid::Uuid::new_v4(), "routing_key": "customer.updated",
-               "customer_id": id, "version": 3, "occurred_at": "2026-11-25T10:00:00Z",
-               "customer": {"id": id, "name": "Someone"}})
-    };
-    sqlx::query(
-        "INSERT INTO outbox (tenant, batch_id, event_count, events) VALUES ('acme', 'b', 2, $1)",
-    )
-    .bind(json!([event(erased), event(kept)]))
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    let time = chrono::Utc::now();
+    let mut encoder = Encoder::new("acme", "b", None, 2, 0);
+    for (id, key) in [(erased, "GONE"), (kept, "STAYS")] {
+        encoder.push(&NewEvent {
+            id: uuid::Uuid::new_v4(),
+            kind: EventType::Updated,
+            customer_id: id,
+            version: 3,
+            time,
+            key,
+            data: Data::Stored {
+                created_at: time,
+                updated_at: time,
+                document: r#"{"name":"Someone"}"#,
+            },
+        });
+    }
+    let mut conn = app.pool.acquire().await.unwrap();
+    outbox::insert(&mut conn, "acme", "b", None, &encoder.finish())
+        .await
+        .unwrap();
+    drop(conn);
 
     let run = erase(
         &app.settings,
@@ -312,19 +324,23 @@ async fn erase_drops_the_customers_pending_events_and_queues_its_deletion() {
     .await;
     assert!(run.success, "{}{}", run.stdout, run.stderr);
 
-    let outbox: Vec<(i32, Value)> =
-        sqlx::query_as("SELECT event_count, events FROM outbox ORDER BY id")
+    let outbox: Vec<(i32, Vec<uuid::Uuid>, Vec<u8>)> =
+        sqlx::query_as("SELECT event_count, customer_ids, body FROM outbox ORDER BY id")
             .fetch_all(&app.pool)
             .await
             .unwrap();
     assert_eq!(outbox.len(), 2, "{outbox:?}");
     assert_eq!(outbox[0].0, 1);
-    assert_eq!(outbox[0].1[0]["customer_id"], kept.to_string());
+    assert_eq!(outbox[0].1, vec![kept]);
+    let events: Value = serde_json::from_slice(&outbox[0].2).unwrap();
+    assert_eq!(events[0]["subject"], kept.to_string());
     assert_eq!(outbox[1].0, 1);
-    let deleted = &outbox[1].1[0];
-    assert_eq!(deleted["routing_key"], "customer.deleted");
-    assert_eq!(deleted["customer_id"], erased.to_string());
-    assert_eq!(deleted["version"], 4);
+    assert_eq!(outbox[1].1, vec![erased]);
+    let deleted: Value = serde_json::from_slice(&outbox[1].2).unwrap();
+    let deleted = &deleted[0];
+    assert_eq!(deleted["type"], "customer.deleted");
+    assert_eq!(deleted["subject"], erased.to_string());
+    assert_eq!(deleted["customerversion"], 4);
     assert!(!deleted.to_string().contains("Someone"), "{deleted}");
     assert!(app.customer("acme", "GONE").await.is_none());
     app.stop().await;

@@ -3,8 +3,9 @@
 //! per chunk (`batch`, a JSON array). Transport-neutral: [`crate::amqp::events`] puts a [`Message`]
 //! on the broker.
 //!
-//! Bodies are written straight from the outbox rows: the customer document is copied into `data`
-//! as the raw JSON it was stored as, never parsed into a tree.
+//! Bodies are encoded once, by the worker that commits the change ([`encode`]), and stored in the
+//! outbox as bytes: a chunk's batch message is its outbox row's body as it is, and each event's
+//! message is a slice of it.
 
 use chrono::{DateTime, Utc};
 use serde::ser::Serializer;
@@ -13,6 +14,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::store::outbox::{PendingChunk, PendingEvent, Trace};
+
+mod encode;
+pub use encode::{Data, Encoded, Encoder, NewEvent};
 
 /// `content_type` of a message holding one event (structured mode).
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -63,6 +67,25 @@ impl EventType {
             EventType::Deleted => "customer.deleted",
         }
     }
+
+    /// How the outbox stores the type (`event_kinds`).
+    pub fn code(self) -> i16 {
+        match self {
+            EventType::Created => 0,
+            EventType::Updated => 1,
+            EventType::Deleted => 2,
+        }
+    }
+
+    /// The type stored as `code`, if it is one.
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            0 => Some(EventType::Created),
+            1 => Some(EventType::Updated),
+            2 => Some(EventType::Deleted),
+            _ => None,
+        }
+    }
 }
 
 /// One broker message of events, whatever the transport. Re-publishing the same outbox rows gives
@@ -83,7 +106,8 @@ pub struct Message<'a> {
     /// The W3C trace context of the batch whose change the events are, for the `traceparent` and
     /// `tracestate` headers.
     pub trace: Option<&'a Trace>,
-    pub body: Vec<u8>,
+    /// Bytes of the outbox row, as they were stored.
+    pub body: &'a [u8],
 }
 
 /// What a message holds, which decides its headers.
@@ -112,62 +136,36 @@ pub fn messages(mode: EventsMode, chunks: &[PendingChunk]) -> Vec<Message<'_>> {
 }
 
 fn single<'a>(chunk: &'a PendingChunk, event: &PendingEvent) -> Message<'a> {
-    let mut body = Vec::with_capacity(event.customer.get().len() + BODY_OVERHEAD);
-    serde_json::to_writer(&mut body, &CloudEvent::of(chunk, event))
-        .expect("an event always serializes");
     Message {
         id: event.event_id,
         routing_key: format!("{}.{}", event.kind.as_str(), chunk.tenant),
         content_type: CONTENT_TYPE,
         kind: event.kind.as_str(),
         tenant: &chunk.tenant,
-        time: event.occurred_at,
+        time: chunk.occurred_at,
         holds: Holds::One {
             customer_id: event.customer_id,
         },
         trace: chunk.trace.as_ref(),
-        body,
+        body: &chunk.body[event.span.clone()],
     }
 }
 
 fn batch(chunk: &PendingChunk) -> Message<'_> {
-    let size: usize = chunk
-        .events
-        .iter()
-        .map(|event| event.customer.get().len() + BODY_OVERHEAD)
-        .sum();
-    let mut body = Vec::with_capacity(size + 2);
-    let mut serializer = serde_json::Serializer::new(&mut body);
-    serializer
-        .collect_seq(
-            chunk
-                .events
-                .iter()
-                .map(|event| CloudEvent::of(chunk, event)),
-        )
-        .expect("an event always serializes");
     Message {
         id: batch_id(&chunk.events),
         routing_key: format!("{BATCH_TYPE}.{}", chunk.tenant),
         content_type: BATCH_CONTENT_TYPE,
         kind: BATCH_TYPE,
         tenant: &chunk.tenant,
-        time: chunk
-            .events
-            .iter()
-            .map(|event| event.occurred_at)
-            .max()
-            .unwrap_or_else(Utc::now),
+        time: chunk.occurred_at,
         holds: Holds::Batch {
             event_count: chunk.events.len(),
         },
         trace: chunk.trace.as_ref(),
-        body,
+        body: &chunk.body,
     }
 }
-
-/// The bytes an event's envelope adds to its customer document, about: to size a body once.
-const BODY_OVERHEAD: usize = 400;
 
 /// A batch's message id: a digest of its events' ids, in order. The same events give the same id on
 /// every re-publish; an erasure that removed an event from a waiting chunk gives a new one, as the
@@ -184,54 +182,6 @@ fn batch_id(events: &[PendingEvent]) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// One event in the CloudEvents JSON format. Attribute names are CloudEvents' own (lowercase, no
-/// separators, extensions included).
-#[derive(Serialize)]
-struct CloudEvent<'a> {
-    specversion: &'static str,
-    /// Stable per customer and version: consumers drop duplicates by it.
-    id: Uuid,
-    #[serde(serialize_with = "tenant_source")]
-    source: &'a str,
-    #[serde(rename = "type")]
-    kind: EventType,
-    /// The customer's id.
-    subject: Uuid,
-    time: DateTime<Utc>,
-    datacontenttype: &'static str,
-    tenant: &'a str,
-    /// The customer's version this event brings it to: per customer, events come in its order.
-    customerversion: i64,
-    /// The producer's batch that made the change (`erasure` for a deletion).
-    batchid: &'a str,
-    /// The distributed tracing extension: the W3C trace context of that batch, when it had one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    traceparent: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tracestate: Option<&'a str>,
-    data: &'a serde_json::value::RawValue,
-}
-
-impl<'a> CloudEvent<'a> {
-    fn of(chunk: &'a PendingChunk, event: &'a PendingEvent) -> Self {
-        CloudEvent {
-            specversion: SPEC_VERSION,
-            id: event.event_id,
-            source: &chunk.tenant,
-            kind: event.kind,
-            subject: event.customer_id,
-            time: event.occurred_at,
-            datacontenttype: DATA_CONTENT_TYPE,
-            tenant: &chunk.tenant,
-            customerversion: event.version,
-            batchid: &chunk.batch_id,
-            traceparent: chunk.trace.as_ref().map(|t| t.traceparent.as_str()),
-            tracestate: chunk.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
-            data: &event.customer,
-        }
-    }
-}
-
 /// `source` is the tenant's URI reference, `/tenants/<tenant>`, written without a copy.
 fn tenant_source<S: Serializer>(tenant: &&str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&format_args!("/tenants/{tenant}"))
@@ -242,28 +192,47 @@ mod tests {
     use super::*;
 
     fn chunk(events: usize) -> PendingChunk {
+        let documents: Vec<String> = (0..events)
+            .map(|i| format!(r#"{{"name":"N-{i}","extra":{{"a":"{i}"}}}}"#))
+            .collect();
+        let keys: Vec<String> = (0..events).map(|i| format!("K-{i}")).collect();
+        let mut encoder = Encoder::new("acme", "b-1", None, events, 0);
+        let now = Utc::now();
+        for (i, document) in documents.iter().enumerate() {
+            encoder.push(&NewEvent {
+                id: Uuid::new_v4(),
+                kind: if i == 0 {
+                    EventType::Created
+                } else {
+                    EventType::Updated
+                },
+                customer_id: Uuid::new_v4(),
+                version: i as i64 + 1,
+                time: now,
+                key: &keys[i],
+                data: Data::Stored {
+                    created_at: now,
+                    updated_at: now,
+                    document,
+                },
+            });
+        }
+        let encoded = encoder.finish();
         PendingChunk {
             row: 1,
             tenant: "acme".into(),
             batch_id: "b-1".into(),
             trace: None,
-            events: (0..events)
-                .map(|i| PendingEvent {
-                    event_id: Uuid::new_v4(),
-                    kind: if i == 0 {
-                        EventType::Created
-                    } else {
-                        EventType::Updated
-                    },
-                    customer_id: Uuid::new_v4(),
-                    version: i as i64 + 1,
-                    occurred_at: Utc::now(),
-                    customer: serde_json::value::RawValue::from_string(format!(
-                        r#"{{"key":"K-{i}","name":"N"}}"#
-                    ))
-                    .unwrap(),
-                })
-                .collect(),
+            occurred_at: now,
+            events: PendingEvent::from_columns(
+                &encoded.body,
+                &encoded.ends,
+                &encoded.ids,
+                &encoded.kinds,
+                &encoded.customer_ids,
+            )
+            .unwrap(),
+            body: encoded.body,
         }
     }
 
@@ -276,7 +245,7 @@ mod tests {
         assert_eq!(second.routing_key, "customer.updated.acme");
         assert_eq!(second.content_type, CONTENT_TYPE);
         assert_eq!(second.id, chunk.events[1].event_id);
-        let body: serde_json::Value = serde_json::from_slice(&second.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(second.body).unwrap();
         assert_eq!(body["specversion"], "1.0");
         assert_eq!(body["id"], chunk.events[1].event_id.to_string());
         assert_eq!(body["source"], "/tenants/acme");
@@ -286,9 +255,68 @@ mod tests {
         assert_eq!(body["tenant"], "acme");
         assert_eq!(body["customerversion"], 2);
         assert_eq!(body["batchid"], "b-1");
-        assert_eq!(body["data"], serde_json::json!({"key": "K-1", "name": "N"}));
         let time = body["time"].as_str().unwrap();
         assert!(DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+        assert_eq!(
+            body["data"],
+            serde_json::json!({
+                "id": chunk.events[1].customer_id, "tenant": "acme", "key": "K-1", "version": 2,
+                "createdAt": time, "updatedAt": time, "name": "N-1", "extra": {"a": "1"}
+            })
+        );
+    }
+
+    #[test]
+    fn a_deletion_carries_the_customers_identity_and_when_only() {
+        let trace = Trace {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: None,
+        };
+        let mut encoder = Encoder::new("acme", "erasure", Some(&trace), 1, 0);
+        let (id, customer_id, time) = (Uuid::new_v4(), Uuid::new_v4(), Utc::now());
+        encoder.push(&NewEvent {
+            id,
+            kind: EventType::Deleted,
+            customer_id,
+            version: 4,
+            time,
+            key: "GONE",
+            data: Data::Deleted,
+        });
+        let encoded = encoder.finish();
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&encoded.body).unwrap();
+        assert_eq!(encoded.ends, vec![encoded.body.len() as i32 - 1]);
+        assert_eq!(events[0]["type"], "customer.deleted");
+        assert_eq!(events[0]["traceparent"], trace.traceparent);
+        assert!(events[0].get("tracestate").is_none());
+        assert_eq!(
+            events[0]["data"],
+            serde_json::json!({"id": customer_id, "tenant": "acme", "key": "GONE", "version": 4,
+                               "deletedAt": events[0]["time"]})
+        );
+    }
+
+    #[test]
+    fn event_columns_that_do_not_fit_their_body_are_refused() {
+        let chunk = chunk(2);
+        let ids: Vec<Uuid> = chunk.events.iter().map(|e| e.event_id).collect();
+        let customers: Vec<Uuid> = chunk.events.iter().map(|e| e.customer_id).collect();
+        let ends: Vec<i32> = chunk.events.iter().map(|e| e.span.end as i32).collect();
+        let len = chunk.body.len() as i32;
+        let from = |ends: &[i32], kinds: &[i16]| {
+            PendingEvent::from_columns(&chunk.body, ends, &ids, kinds, &customers)
+        };
+        assert!(from(&ends, &[0, 1]).is_ok());
+        assert!(
+            from(&[ends[0], len], &[0, 1]).is_err(),
+            "past the closing bracket"
+        );
+        assert!(from(&[ends[1], ends[0]], &[0, 1]).is_err(), "out of order");
+        assert!(from(&ends, &[0, 7]).is_err(), "an unknown kind");
+        assert!(
+            from(&ends[..1], &[0]).is_err(),
+            "columns of different lengths"
+        );
     }
 
     #[test]
@@ -301,10 +329,10 @@ mod tests {
         assert_eq!(batch.routing_key, "customer.batch.acme");
         assert_eq!(batch.content_type, BATCH_CONTENT_TYPE);
         assert_eq!(batch.holds, Holds::Batch { event_count: 3 });
-        let array: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
+        let array: Vec<serde_json::Value> = serde_json::from_slice(batch.body).unwrap();
         let each: Vec<serde_json::Value> = singles
             .iter()
-            .map(|m| serde_json::from_slice(&m.body).unwrap())
+            .map(|m| serde_json::from_slice(m.body).unwrap())
             .collect();
         assert_eq!(array, each, "the same events, in commit order");
 
