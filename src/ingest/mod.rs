@@ -4,6 +4,7 @@
 
 mod apply;
 mod checks;
+mod encoding;
 mod error;
 mod keys;
 mod references;
@@ -18,6 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 pub use checks::{MAX_NESTING, check_nesting, is_tenant_name};
+pub use encoding::Encoding;
 pub use error::BatchError;
 
 use crate::codes::RejectionCode;
@@ -36,13 +38,16 @@ const CLAIM_POLL: Duration = Duration::from_millis(100);
 /// What the transport tells the pipeline about a message, besides its body.
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    /// The producer's `message_id`, or the SHA-256 of the body without one: the batch's identity.
+    /// The producer's `message_id`, or without one the SHA-256 of the body as it was sent
+    /// (compressed, if it is): the batch's identity, known before the body is read.
     pub batch_id: String,
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
     /// The `type` property, naming the dialect.
     pub dialect: Option<String>,
     pub tenant: Option<String>,
+    /// The `content_encoding` property: how the body is compressed, if it is (see [`Encoding`]).
+    pub content_encoding: Option<String>,
     /// The AMQP user that published the message, as the broker vouches for it (see
     /// [`crate::config::AuthMode::UserId`]); `None` when the message names none.
     pub user_id: Option<String>,
@@ -115,9 +120,15 @@ impl Ingest {
     ///
     /// One delivery of a batch works on it at a time: another delivery of the same batch waits for
     /// it, then finds the batch completed and returns its stored reply.
+    ///
+    /// `body` is the body as sent; a compressed one is decompressed here, up to
+    /// `pipeline.max_body_bytes`, and everything after reads the decompressed body.
     pub async fn process(&self, envelope: &Envelope, body: &[u8]) -> Result<Reply, BatchError> {
         let started_at = Utc::now();
         let addressed = checks::envelope(envelope, body, self.settings.max_body_bytes, &self.auth)?;
+        let body = Encoding::named(envelope.content_encoding.as_deref())?
+            .decode(body, self.settings.max_body_bytes)?;
+        let body = &*body;
         let budget = self.retry.for_message();
         let claim = self
             .claim(&budget, addressed.tenant, &envelope.batch_id)
@@ -167,7 +178,8 @@ impl Ingest {
         started_at: DateTime<Utc>,
     ) -> Result<Reply, BatchError> {
         // The same batch id with another body or dialect is another batch: it is refused, and
-        // nothing of the batch that id stands for is disclosed.
+        // nothing of the batch that id stands for is disclosed. The body is the decompressed one:
+        // a producer's retry that compresses the same body differently is the same batch.
         let fingerprint = batches::Fingerprint {
             dialect: dialect.name().to_owned(),
             body_sha256: Sha256::digest(body).to_vec(),
