@@ -7,6 +7,7 @@ mod checks;
 mod encoding;
 mod error;
 mod keys;
+mod read;
 mod references;
 mod retry;
 
@@ -223,34 +224,36 @@ impl Ingest {
         let limits = Limits {
             max_records: self.settings.max_records,
         };
-        let mut parsed = dialect.parse(text, limits)?;
-        checks::bound_keys(&mut parsed);
-        tracing::info!(records = parsed.len(), "batch read");
+        let read = read::Body::read(dialect, text, limits)?;
+        tracing::info!(records = read.len(), "batch read");
         budget
             .run(|| {
                 batches::record_fingerprint(&self.pool, tenant, &envelope.batch_id, &fingerprint)
             })
             .await?;
 
-        let parsed = keys::assign(
-            self,
-            budget,
-            tenant,
-            &envelope.batch_id,
-            dialect,
-            text,
-            parsed,
-        )
-        .await?;
-        let parsed = references::check(self, budget, tenant, dialect, parsed).await?;
         // What an earlier delivery of this batch applied before it stopped, found by key.
         let (recorded, next_chunk) = budget
             .run(|| batches::recorded_results(&self.pool, tenant, &envelope.batch_id))
             .await?;
-        let (rows, outline) = apply::prepare(&parsed, &recorded);
-        // A large batch's parsed customers are its biggest form in memory: they are let go as soon
-        // as they are serialized, unless the dialect's response is made from them.
-        let kept = dialect.renders_customers().then_some(parsed);
+        let read::Prepared {
+            rows,
+            outline,
+            kept,
+        } = read::prepare(
+            self,
+            budget,
+            read::Batch {
+                tenant,
+                batch_id: &envelope.batch_id,
+                dialect,
+                text,
+                recorded: &recorded,
+                window: self.settings.chunk_size,
+            },
+            read,
+        )
+        .await?;
         let records = apply::apply(
             self,
             budget,
@@ -274,7 +277,14 @@ impl Ingest {
             .flatten()
             .map(|r| r.customer.as_ref().ok())
             .collect();
-        let response = dialect.render_response(&records, &customers);
+        // A response made from the results alone is not rendered for the whole batch, where it
+        // would be the largest form of a large one: it is left out of the stored reply, and each
+        // reply part renders its own (see `Reply::into_parts`).
+        let response = if dialect.renders_customers() {
+            dialect.render_response(&records, &customers)
+        } else {
+            serde_json::Value::Null
+        };
         drop(customers);
         drop(kept);
         let counts = Counts::of(&records);
