@@ -81,8 +81,8 @@ impl Reply {
     /// size while still carrying every record's id and outcome. Each part re-renders the dialect
     /// response for its own records.
     ///
-    /// Only where the parts split is decided here; each part is built and serialized when
-    /// [`Parts::part`] asks for it, so a large reply is never held twice, nor all its bodies at once.
+    /// Only where the parts split is decided here; each part is built and serialized when it is
+    /// taken from [`Parts`], so a large reply is never held twice, nor all its bodies at once.
     pub fn into_parts(
         self,
         records_per_message: usize,
@@ -101,21 +101,25 @@ impl Reply {
             if body.len() <= max_bytes || whole.records.len() <= 1 {
                 return Ok(Parts {
                     dialect: None,
+                    response_left_out: false,
                     ranges: std::iter::once(0..whole.records.len()).collect(),
                     records: Vec::new(),
                     response: serde_json::Value::Null,
                     template: whole,
                     single: Some(body),
+                    next: 0,
                 });
             }
         }
         let mut parts = Parts {
             dialect: whole.dialect.as_deref().and_then(dialect::find),
+            response_left_out: whole.left_out_response().is_some(),
             ranges: Vec::new(),
             records: std::mem::take(&mut whole.records),
             response: std::mem::take(&mut whole.response),
             template: whole,
             single: None,
+            next: 0,
         };
         // Ranges of records, halved until each part fits; numbered once their number is known.
         // The room left for the part's own numbers is kept free. A part is measured, not kept.
@@ -197,51 +201,62 @@ impl Reply {
     }
 }
 
-/// A reply cut into parts that fit a message each (see [`Reply::into_parts`]).
+/// A reply cut into parts that fit a message each (see [`Reply::into_parts`]), yielded in order,
+/// each built when it is taken.
 pub struct Parts {
-    /// Everything but the records and the response, which each part has of its own.
+    /// Everything but the records and the response, which each part has of its own; for a reply
+    /// of one part, the whole reply.
     template: Reply,
     records: Vec<RecordResult>,
     /// The batch's whole response, which a dialect may cut each part's from.
     response: serde_json::Value,
     dialect: Option<&'static dyn dialect::Dialect>,
+    /// Whether the response was left out: each part then renders its own from its records.
+    response_left_out: bool,
     /// The records of each part, in order.
     ranges: Vec<Range<usize>>,
     /// The body of a reply that is one part as it is: serialized once, while its size was checked.
     single: Option<Vec<u8>>,
+    /// The index of the next part to take.
+    next: usize,
 }
 
 impl Parts {
-    /// How many parts the reply has (at least one).
-    pub fn count(&self) -> usize {
-        self.ranges.len()
-    }
-
-    /// Part `index` (0-based) and its body, built now.
-    pub fn part(&mut self, index: usize) -> serde_json::Result<(Reply, Vec<u8>)> {
-        if let Some(body) = self.single.take() {
-            let rest = self.template.clone_without_records();
-            return Ok((std::mem::replace(&mut self.template, rest), body));
-        }
-        let numbered = Part {
-            index: index + 1,
-            count: self.count(),
-        };
-        let reply = self.build(self.ranges[index].clone(), numbered);
-        let body = serde_json::to_vec(&reply)?;
-        Ok((reply, body))
-    }
-
     fn build(&self, range: Range<usize>, part: Part) -> Reply {
+        let response = match self.dialect {
+            Some(dialect) if self.response_left_out => {
+                dialect.render_response(&self.records[range.clone()], &[])
+            }
+            Some(dialect) => dialect.slice_response(&self.response, &self.records, range.clone()),
+            None => serde_json::Value::Null,
+        };
         Reply {
-            records: self.records[range.clone()].to_vec(),
-            response: self
-                .dialect
-                .map(|d| d.slice_response(&self.response, &self.records, range))
-                .unwrap_or(serde_json::Value::Null),
+            records: self.records[range].to_vec(),
+            response,
             part,
             ..self.template.clone_without_records()
         }
+    }
+}
+
+impl Iterator for Parts {
+    /// A part and its body.
+    type Item = serde_json::Result<(Reply, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let index = self.next;
+        let range = self.ranges.get(index)?.clone();
+        self.next += 1;
+        if let Some(body) = self.single.take() {
+            let rest = self.template.clone_without_records();
+            return Some(Ok((std::mem::replace(&mut self.template, rest), body)));
+        }
+        let numbered = Part {
+            index: index + 1,
+            count: self.ranges.len(),
+        };
+        let reply = self.build(range, numbered);
+        Some(serde_json::to_vec(&reply).map(|body| (reply, body)))
     }
 }
 
@@ -273,8 +288,11 @@ mod tests {
         records_per_message: usize,
         max_bytes: usize,
     ) -> Vec<(Reply, Vec<u8>)> {
-        let mut parts = reply.into_parts(records_per_message, max_bytes).unwrap();
-        (0..parts.count()).map(|i| parts.part(i).unwrap()).collect()
+        reply
+            .into_parts(records_per_message, max_bytes)
+            .unwrap()
+            .collect::<serde_json::Result<_>>()
+            .unwrap()
     }
 
     fn reply_with(n: usize) -> Reply {
@@ -344,6 +362,29 @@ mod tests {
                 "{dialect}"
             );
         }
+    }
+
+    #[test]
+    fn a_response_left_out_is_rendered_for_each_part_from_its_records() {
+        let responses = |reply: Reply| -> Vec<serde_json::Value> {
+            all_parts(reply, 10, 1 << 20)
+                .into_iter()
+                .map(|(part, _)| part.response)
+                .collect()
+        };
+        for n in [3, 25] {
+            let left_out = reply_with(n);
+            let mut rendered = left_out.clone();
+            rendered.response = dialect::find("upsert-by-customer-id")
+                .unwrap()
+                .render_response(&rendered.records, &[]);
+            let parts = responses(left_out);
+            assert_eq!(parts, responses(rendered), "{n} records");
+            assert!(parts.iter().all(|r| r["successful"].is_array()), "{n}");
+        }
+        let mut rejected = reply_with(0);
+        rejected.status = BatchStatus::Rejected;
+        assert_eq!(responses(rejected), [serde_json::Value::Null]);
     }
 
     #[test]

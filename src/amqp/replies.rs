@@ -14,7 +14,6 @@ use crate::reply::{Parts, Reply};
 /// reply is never held whole as messages.
 pub struct ReplyMessages<'a> {
     parts: Parts,
-    next: usize,
     trace: Option<&'a TraceContext>,
 }
 
@@ -27,18 +26,16 @@ impl<'a> ReplyMessages<'a> {
     ) -> serde_json::Result<Self> {
         Ok(Self {
             parts: reply.into_parts(records_per_message, max_bytes)?,
-            next: 0,
             trace,
         })
     }
 
     /// The body and properties of the next part, or `None` after the last one.
     pub fn next_message(&mut self) -> serde_json::Result<Option<(Vec<u8>, BasicProperties)>> {
-        if self.next == self.parts.count() {
+        let Some(part) = self.parts.next() else {
             return Ok(None);
-        }
-        let (part, body) = self.parts.part(self.next)?;
-        self.next += 1;
+        };
+        let (part, body) = part?;
         Ok(Some((body, properties(&part, self.trace))))
     }
 }
