@@ -76,7 +76,8 @@ pub(super) async fn prepare(
             })
         }
         Body::Split(split) => {
-            let mut rows = Vec::new();
+            // At most one row and exactly one outline per record: reserved once, not regrown.
+            let mut rows = Vec::with_capacity(split.records.len());
             let mut outline = Vec::with_capacity(split.records.len());
             let window = batch.window.max(1);
             for (n, records) in split.records.chunks(window).enumerate() {
