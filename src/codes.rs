@@ -37,7 +37,7 @@ codes! {
     /// Why a whole message was rejected: nothing of it is applied, it is dead-lettered and answered
     /// with a `rejected` reply carrying this code.
     RejectionCode {
-        /// The body is larger than `pipeline.max_body_bytes`.
+        /// The body is larger than `pipeline.max_body_bytes`, or expands past it once decompressed.
         BodyTooLarge => "body_too_large",
         /// The message has no `tenant` header.
         MissingTenant => "missing_tenant",
@@ -55,6 +55,11 @@ codes! {
         MissingType => "missing_type",
         /// The `type` property names no dialect.
         UnknownType => "unknown_type",
+        /// The `content_encoding` property names an encoding the service cannot read (it reads
+        /// `gzip` and `zstd`).
+        UnknownEncoding => "unknown_encoding",
+        /// The body is not valid data of its `content_encoding` (corrupt or cut short).
+        InvalidCompression => "invalid_compression",
         /// The body is not UTF-8.
         InvalidUtf8 => "invalid_utf8",
         /// The body is nested deeper than the nesting limit.

@@ -1,5 +1,7 @@
 //! The result message a producer gets for each batch, and how a large one is split into parts.
 
+use std::ops::Range;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -19,7 +21,9 @@ pub struct Reply {
     pub status: BatchStatus,
     pub counts: Counts,
     pub records: Vec<RecordResult>,
-    /// The body the dialect's own API would have answered (for the records of this part).
+    /// The body the dialect's own API would have answered (for the records of this part). `null`
+    /// in a stored reply whose dialect makes it from the records alone: it is rendered when the
+    /// reply is sent (see [`Reply::into_parts`]).
     pub response: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReplyError>,
@@ -75,68 +79,69 @@ impl Reply {
     /// Splits the reply into messages of at most `records_per_message` records and `max_bytes` bytes
     /// each, so that a reply to a 100,000-record batch stays far below the broker's maximum message
     /// size while still carrying every record's id and outcome. Each part re-renders the dialect
-    /// response for its own records. Returns every part with its body.
+    /// response for its own records.
+    ///
+    /// Only where the parts split is decided here; each part is built and serialized when it is
+    /// taken from [`Parts`], so a large reply is never held twice, nor all its bodies at once.
     pub fn into_parts(
         self,
         records_per_message: usize,
         max_bytes: usize,
-    ) -> serde_json::Result<Vec<(Reply, Vec<u8>)>> {
-        let single = Reply {
+    ) -> serde_json::Result<Parts> {
+        let records_per_message = records_per_message.max(1);
+        let mut whole = Reply {
             part: Part::default(),
             ..self
         };
-        if single.records.len() <= records_per_message {
-            let body = serde_json::to_vec(&single)?;
-            if body.len() <= max_bytes || single.records.len() <= 1 {
-                return Ok(vec![(single, body)]);
+        if whole.records.len() <= records_per_message {
+            if let Some(dialect) = whole.left_out_response() {
+                whole.response = dialect.render_response(&whole.records, &[]);
+            }
+            let body = serde_json::to_vec(&whole)?;
+            if body.len() <= max_bytes || whole.records.len() <= 1 {
+                return Ok(Parts {
+                    dialect: None,
+                    response_left_out: false,
+                    ranges: std::iter::once(0..whole.records.len()).collect(),
+                    records: Vec::new(),
+                    response: serde_json::Value::Null,
+                    template: whole,
+                    single: Some(body),
+                    next: 0,
+                });
             }
         }
-        let dialect = single.dialect.as_deref().and_then(dialect::find);
-        let mut template = single;
-        let records = std::mem::take(&mut template.records);
-        let response = std::mem::take(&mut template.response);
-        let part = |range: std::ops::Range<usize>| Reply {
-            records: records[range.clone()].to_vec(),
-            response: dialect
-                .map(|d| d.slice_response(&response, &records, range))
-                .unwrap_or(serde_json::Value::Null),
-            ..template.clone_without_records()
+        let mut parts = Parts {
+            dialect: whole.dialect.as_deref().and_then(dialect::find),
+            response_left_out: whole.left_out_response().is_some(),
+            ranges: Vec::new(),
+            records: std::mem::take(&mut whole.records),
+            response: std::mem::take(&mut whole.response),
+            template: whole,
+            single: None,
+            next: 0,
         };
         // Ranges of records, halved until each part fits; numbered once their number is known.
-        // The room left for the part's own numbers is kept free.
+        // The room left for the part's own numbers is kept free. A part is measured, not kept.
         let fits = max_bytes.saturating_sub(64);
-        let mut pending: Vec<std::ops::Range<usize>> = (0..records.len())
+        let total = parts.records.len();
+        let mut pending: Vec<Range<usize>> = (0..total)
             .step_by(records_per_message)
-            .map(|start| start..(start + records_per_message).min(records.len()))
+            .map(|start| start..(start + records_per_message).min(total))
             .rev()
             .collect();
-        let mut parts = Vec::new();
         while let Some(range) = pending.pop() {
-            let reply = part(range.clone());
-            if range.len() > 1 && serde_json::to_vec(&reply)?.len() > fits {
+            if range.len() > 1
+                && serialized_len(&parts.build(range.clone(), Part::default()))? > fits
+            {
                 let middle = range.start + range.len() / 2;
                 pending.push(middle..range.end);
                 pending.push(range.start..middle);
                 continue;
             }
-            parts.push(reply);
+            parts.ranges.push(range);
         }
-        let count = parts.len();
-        parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, reply)| {
-                let reply = Reply {
-                    part: Part {
-                        index: i + 1,
-                        count,
-                    },
-                    ..reply
-                };
-                let body = serde_json::to_vec(&reply)?;
-                Ok((reply, body))
-            })
-            .collect()
+        Ok(parts)
     }
 
     /// Removes what the reply holds of an erased customer: its records (found by `id`, and a
@@ -153,14 +158,29 @@ impl Reply {
         if erased.is_empty() {
             return 0;
         }
-        self.response = match self.dialect.as_deref().and_then(dialect::find) {
-            Some(dialect) => dialect.response_without(&self.response, &self.records, &erased),
-            // No dialect to say which entries are whose: nothing of the response is kept.
-            None => serde_json::Value::Null,
-        };
+        // A response left out stays left out: it is rendered from the remaining records when sent.
+        if self.left_out_response().is_none() {
+            self.response = match self.dialect.as_deref().and_then(dialect::find) {
+                Some(dialect) => dialect.response_without(&self.response, &self.records, &erased),
+                // No dialect to say which entries are whose: nothing of the response is kept.
+                None => serde_json::Value::Null,
+            };
+        }
         self.records = dialect::without_positions(&self.records, &erased);
         self.counts = Counts::of(&self.records);
         erased.len()
+    }
+
+    /// The dialect that renders this reply's response from its records, when the response was left
+    /// out (a batch's reply is stored without it when its dialect makes it from the records alone).
+    fn left_out_response(&self) -> Option<&'static dyn dialect::Dialect> {
+        if self.status == BatchStatus::Rejected || !self.response.is_null() {
+            return None;
+        }
+        self.dialect
+            .as_deref()
+            .and_then(dialect::find)
+            .filter(|dialect| !dialect.renders_customers())
     }
 
     fn clone_without_records(&self) -> Reply {
@@ -181,10 +201,99 @@ impl Reply {
     }
 }
 
+/// A reply cut into parts that fit a message each (see [`Reply::into_parts`]), yielded in order,
+/// each built when it is taken.
+pub struct Parts {
+    /// Everything but the records and the response, which each part has of its own; for a reply
+    /// of one part, the whole reply.
+    template: Reply,
+    records: Vec<RecordResult>,
+    /// The batch's whole response, which a dialect may cut each part's from.
+    response: serde_json::Value,
+    dialect: Option<&'static dyn dialect::Dialect>,
+    /// Whether the response was left out: each part then renders its own from its records.
+    response_left_out: bool,
+    /// The records of each part, in order.
+    ranges: Vec<Range<usize>>,
+    /// The body of a reply that is one part as it is: serialized once, while its size was checked.
+    single: Option<Vec<u8>>,
+    /// The index of the next part to take.
+    next: usize,
+}
+
+impl Parts {
+    fn build(&self, range: Range<usize>, part: Part) -> Reply {
+        let response = match self.dialect {
+            Some(dialect) if self.response_left_out => {
+                dialect.render_response(&self.records[range.clone()], &[])
+            }
+            Some(dialect) => dialect.slice_response(&self.response, &self.records, range.clone()),
+            None => serde_json::Value::Null,
+        };
+        Reply {
+            records: self.records[range].to_vec(),
+            response,
+            part,
+            ..self.template.clone_without_records()
+        }
+    }
+}
+
+impl Iterator for Parts {
+    /// A part and its body.
+    type Item = serde_json::Result<(Reply, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let index = self.next;
+        let range = self.ranges.get(index)?.clone();
+        self.next += 1;
+        if let Some(body) = self.single.take() {
+            let rest = self.template.clone_without_records();
+            return Some(Ok((std::mem::replace(&mut self.template, rest), body)));
+        }
+        let numbered = Part {
+            index: index + 1,
+            count: self.ranges.len(),
+        };
+        let reply = self.build(range, numbered);
+        Some(serde_json::to_vec(&reply).map(|body| (reply, body)))
+    }
+}
+
+/// The length of `value` serialized, without keeping the bytes.
+fn serialized_len(value: &impl Serialize) -> serde_json::Result<usize> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value)?;
+    Ok(count.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Action;
+
+    /// Every part of `reply`, built.
+    fn all_parts(
+        reply: Reply,
+        records_per_message: usize,
+        max_bytes: usize,
+    ) -> Vec<(Reply, Vec<u8>)> {
+        reply
+            .into_parts(records_per_message, max_bytes)
+            .unwrap()
+            .collect::<serde_json::Result<_>>()
+            .unwrap()
+    }
 
     fn reply_with(n: usize) -> Reply {
         let records: Vec<RecordResult> = (0..n)
@@ -256,10 +365,31 @@ mod tests {
     }
 
     #[test]
+    fn a_response_left_out_is_rendered_for_each_part_from_its_records() {
+        let responses = |reply: Reply| -> Vec<serde_json::Value> {
+            all_parts(reply, 10, 1 << 20)
+                .into_iter()
+                .map(|(part, _)| part.response)
+                .collect()
+        };
+        for n in [3, 25] {
+            let left_out = reply_with(n);
+            let mut rendered = left_out.clone();
+            rendered.response = dialect::find("upsert-by-customer-id")
+                .unwrap()
+                .render_response(&rendered.records, &[]);
+            let parts = responses(left_out);
+            assert_eq!(parts, responses(rendered), "{n} records");
+            assert!(parts.iter().all(|r| r["successful"].is_array()), "{n}");
+        }
+        let mut rejected = reply_with(0);
+        rejected.status = BatchStatus::Rejected;
+        assert_eq!(responses(rejected), [serde_json::Value::Null]);
+    }
+
+    #[test]
     fn a_small_reply_is_one_part() {
-        let parts: Vec<Reply> = reply_with(3)
-            .into_parts(10, 1 << 20)
-            .unwrap()
+        let parts: Vec<Reply> = all_parts(reply_with(3), 10, 1 << 20)
             .into_iter()
             .map(|(part, _)| part)
             .collect();
@@ -270,9 +400,7 @@ mod tests {
 
     #[test]
     fn a_large_reply_is_split_and_every_record_appears_once() {
-        let parts: Vec<Reply> = reply_with(25)
-            .into_parts(10, 1 << 20)
-            .unwrap()
+        let parts: Vec<Reply> = all_parts(reply_with(25), 10, 1 << 20)
             .into_iter()
             .map(|(part, _)| part)
             .collect();
@@ -289,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_reply_over_the_byte_limit_is_split_until_every_part_fits() {
-        let parts = reply_with(100).into_parts(1_000, 4_096).unwrap();
+        let parts = all_parts(reply_with(100), 1_000, 4_096);
         assert!(parts.len() > 1);
         for (part, body) in &parts {
             assert!(body.len() <= 4_096, "a part of {} bytes", body.len());

@@ -140,6 +140,7 @@ impl Application {
             settings: settings.amqp.clone(),
             concurrency: settings.pipeline.concurrency,
             max_body_bytes_in_flight: settings.pipeline.max_body_bytes_in_flight,
+            max_body_bytes: settings.pipeline.max_body_bytes,
             drain_deadline: settings.shutdown.deadline(),
             inbound,
             health: health.clone(),

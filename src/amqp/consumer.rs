@@ -17,6 +17,7 @@ use super::inbound::{Inbound, acknowledge};
 use super::{Publisher, connect, topology};
 use crate::config::AmqpSettings;
 use crate::health::Health;
+use crate::ingest::Encoding;
 use crate::metrics::Metrics;
 
 /// How long no delivery must arrive before the consumer is cancelled (see
@@ -28,6 +29,9 @@ pub struct Supervisor {
     pub concurrency: usize,
     /// The bodies of the messages being worked on, in bytes, at most.
     pub max_body_bytes_in_flight: usize,
+    /// The largest body a message may have once decompressed (`pipeline.max_body_bytes`): what a
+    /// compressed body is counted as among the bodies in flight.
+    pub max_body_bytes: usize,
     /// How long a stop waits for the messages in hand (`shutdown.deadline_secs`).
     pub drain_deadline: Duration,
     pub inbound: Arc<Inbound>,
@@ -293,8 +297,15 @@ impl Supervisor {
                 }
                 Some(Ok(delivery)) => {
                     // Room for the body among the bodies in flight; a body larger than the bound
-                    // (rejected for its size at once) waits for all of it.
-                    let bytes = delivery.data.len().clamp(1, self.max_body_bytes_in_flight);
+                    // (rejected for its size at once) waits for all of it. A compressed body is
+                    // counted as the most it may expand to: its size on the wire says nothing of
+                    // the memory it takes.
+                    let encoding = delivery.properties.content_encoding().as_ref();
+                    let bytes = match Encoding::named(encoding.map(|e| e.as_str())) {
+                        Ok(Encoding::Identity) => delivery.data.len(),
+                        _ => self.max_body_bytes,
+                    }
+                    .clamp(1, self.max_body_bytes_in_flight);
                     let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
                     let room = tokio::select! {
                         room = room.clone().acquire_many_owned(bytes) => room.expect("the semaphore is never closed"),

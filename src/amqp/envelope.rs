@@ -27,6 +27,8 @@ impl Envelope {
         };
         Envelope {
             // Without a message_id the body itself is the identity: the same body is the same batch.
+            // It is the body as sent, compressed or not: the identity is known before anything is
+            // decompressed.
             batch_id: text(properties.message_id())
                 .unwrap_or_else(|| hex::encode(Sha256::digest(body))),
             correlation_id: text(properties.correlation_id()),
@@ -36,6 +38,7 @@ impl Envelope {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned),
+            content_encoding: text(properties.content_encoding()),
             user_id: text(properties.user_id()),
             trace: super::trace::read(properties),
         }

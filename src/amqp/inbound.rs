@@ -226,27 +226,30 @@ impl Inbound {
             .as_deref()
             .unwrap_or(&self.amqp.results_queue);
         let trace = trace::outgoing(&tracing::Span::current(), envelope.trace.as_ref());
-        let parts = replies::parts(
+        let failed = |error| Unfinished::Failed(anyhow::Error::new(error).context("the reply"));
+        let mut messages = replies::ReplyMessages::new(
             reply,
             self.reply_records_per_message,
             self.reply_max_bytes,
             trace.as_ref(),
         )
-        .map_err(|error| Unfinished::Failed(anyhow::Error::new(error).context("the reply")))?;
-        let messages: Vec<Outgoing> = parts
-            .iter()
-            .map(|(body, properties)| Outgoing {
-                exchange: "",
-                routing_key,
-                body,
-                properties: properties.clone(),
-                mandatory: true,
-            })
-            .collect();
-        let delivered = publisher
-            .publish_all(&messages)
-            .await
-            .map_err(Unfinished::Broker)?;
+        .map_err(failed)?;
+        // One part at a time, each confirmed before the next is built: a large batch's reply is
+        // never held in memory as all its messages at once.
+        let mut delivered = Vec::new();
+        while let Some((body, properties)) = messages.next_message().map_err(failed)? {
+            let outcome = publisher
+                .publish(Outgoing {
+                    exchange: "",
+                    routing_key,
+                    body: &body,
+                    properties,
+                    mandatory: true,
+                })
+                .await
+                .map_err(Unfinished::Broker)?;
+            delivered.push(outcome);
+        }
         self.metrics
             .replies_published
             .inc_by(delivered.len() as u64);

@@ -7,24 +7,37 @@ use super::headers::{self, long_string};
 use super::publisher::json_properties;
 use super::trace;
 use crate::ingest::TraceContext;
-use crate::reply::Reply;
+use crate::reply::{Parts, Reply};
 
-/// The body and properties of every part of `reply`, at most `records_per_message` records and
-/// `max_bytes` bytes each; each part carries `trace` (see [`trace::outgoing`]).
-pub fn parts(
-    reply: Reply,
-    records_per_message: usize,
-    max_bytes: usize,
-    trace: Option<&TraceContext>,
-) -> serde_json::Result<Vec<(Vec<u8>, BasicProperties)>> {
-    Ok(reply
-        .into_parts(records_per_message, max_bytes)?
-        .into_iter()
-        .map(|(part, body)| {
-            let properties = properties(&part, trace);
-            (body, properties)
+/// The parts of `reply`, at most `records_per_message` records and `max_bytes` bytes each; each
+/// part carries `trace` (see [`trace::outgoing`]). A part is built when it is taken, so that a large
+/// reply is never held whole as messages.
+pub struct ReplyMessages<'a> {
+    parts: Parts,
+    trace: Option<&'a TraceContext>,
+}
+
+impl<'a> ReplyMessages<'a> {
+    pub fn new(
+        reply: Reply,
+        records_per_message: usize,
+        max_bytes: usize,
+        trace: Option<&'a TraceContext>,
+    ) -> serde_json::Result<Self> {
+        Ok(Self {
+            parts: reply.into_parts(records_per_message, max_bytes)?,
+            trace,
         })
-        .collect())
+    }
+
+    /// The body and properties of the next part, or `None` after the last one.
+    pub fn next_message(&mut self) -> serde_json::Result<Option<(Vec<u8>, BasicProperties)>> {
+        let Some(part) = self.parts.next() else {
+            return Ok(None);
+        };
+        let (part, body) = part?;
+        Ok(Some((body, properties(&part, self.trace))))
+    }
 }
 
 fn properties(part: &Reply, trace: Option<&TraceContext>) -> BasicProperties {

@@ -91,6 +91,16 @@ pub trait Dialect: Send + Sync + 'static {
         self.render_response(&kept, &[])
     }
 
+    /// The body's records as their JSON texts, when every record reads alone: none depends on
+    /// another or on the rest of the body, none names another customer, and each carries its own
+    /// key ([`Keying::Producer`]). The pipeline then reads them a window at a time, so that a large
+    /// batch never holds all its records parsed at once; reading every record with
+    /// [`Split::parse`] gives what [`Dialect::parse`] gives. `None` (the default): the body is read
+    /// whole with [`Dialect::parse`].
+    fn split<'b>(&self, _body: &'b str, _limits: Limits) -> Option<Result<Split<'b>, Rejection>> {
+        None
+    }
+
     /// How this dialect's records find the key of the customer they write. Every dialect decides;
     /// [`crate::ingest`] matches the decision in one place.
     fn keying(&self) -> Keying;
@@ -117,6 +127,14 @@ pub trait Dialect: Send + Sync + 'static {
         _referenced: &HashMap<Uuid, Customer>,
     ) {
     }
+}
+
+/// A body cut into its records (see [`Dialect::split`]).
+pub struct Split<'b> {
+    /// Each record's JSON text, borrowed from the body, in order.
+    pub records: Vec<&'b serde_json::value::RawValue>,
+    /// Reads the record at a position of the body from its JSON text.
+    pub parse: fn(usize, &str) -> ParsedRecord,
 }
 
 /// How the records of a dialect are given the key of the customer they write.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
-use super::{Dialect, Keying, Limits, Rejection, raw_records};
+use super::{Dialect, Keying, Limits, Rejection, Split, raw_records};
 use crate::model::{Action, Address, Customer, OrderingGroup, ParsedRecord, RecordResult};
 
 pub struct UpsertByCustomerId;
@@ -73,6 +73,13 @@ impl Dialect for UpsertByCustomerId {
 
     fn name(&self) -> &'static str {
         "upsert-by-customer-id"
+    }
+
+    fn split<'b>(&self, body: &'b str, limits: Limits) -> Option<Result<Split<'b>, Rejection>> {
+        Some(raw_records(body, limits).map(|records| Split {
+            records,
+            parse: parse_record,
+        }))
     }
 
     fn parse(&self, body: &str, limits: Limits) -> Result<Vec<ParsedRecord>, Rejection> {

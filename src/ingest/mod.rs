@@ -4,8 +4,10 @@
 
 mod apply;
 mod checks;
+mod encoding;
 mod error;
 mod keys;
+mod read;
 mod references;
 mod retry;
 
@@ -18,6 +20,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 pub use checks::{MAX_NESTING, check_nesting, is_tenant_name};
+pub use encoding::Encoding;
 pub use error::BatchError;
 
 use crate::codes::RejectionCode;
@@ -36,13 +39,16 @@ const CLAIM_POLL: Duration = Duration::from_millis(100);
 /// What the transport tells the pipeline about a message, besides its body.
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    /// The producer's `message_id`, or the SHA-256 of the body without one: the batch's identity.
+    /// The producer's `message_id`, or without one the SHA-256 of the body as it was sent
+    /// (compressed, if it is): the batch's identity, known before the body is read.
     pub batch_id: String,
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
     /// The `type` property, naming the dialect.
     pub dialect: Option<String>,
     pub tenant: Option<String>,
+    /// The `content_encoding` property: how the body is compressed, if it is (see [`Encoding`]).
+    pub content_encoding: Option<String>,
     /// The AMQP user that published the message, as the broker vouches for it (see
     /// [`crate::config::AuthMode::UserId`]); `None` when the message names none.
     pub user_id: Option<String>,
@@ -115,9 +121,15 @@ impl Ingest {
     ///
     /// One delivery of a batch works on it at a time: another delivery of the same batch waits for
     /// it, then finds the batch completed and returns its stored reply.
+    ///
+    /// `body` is the body as sent; a compressed one is decompressed here, up to
+    /// `pipeline.max_body_bytes`, and everything after reads the decompressed body.
     pub async fn process(&self, envelope: &Envelope, body: &[u8]) -> Result<Reply, BatchError> {
         let started_at = Utc::now();
         let addressed = checks::envelope(envelope, body, self.settings.max_body_bytes, &self.auth)?;
+        let body = Encoding::named(envelope.content_encoding.as_deref())?
+            .decode(body, self.settings.max_body_bytes)?;
+        let body = &*body;
         let budget = self.retry.for_message();
         let claim = self
             .claim(&budget, addressed.tenant, &envelope.batch_id)
@@ -167,7 +179,8 @@ impl Ingest {
         started_at: DateTime<Utc>,
     ) -> Result<Reply, BatchError> {
         // The same batch id with another body or dialect is another batch: it is refused, and
-        // nothing of the batch that id stands for is disclosed.
+        // nothing of the batch that id stands for is disclosed. The body is the decompressed one:
+        // a producer's retry that compresses the same body differently is the same batch.
         let fingerprint = batches::Fingerprint {
             dialect: dialect.name().to_owned(),
             body_sha256: Sha256::digest(body).to_vec(),
@@ -211,34 +224,36 @@ impl Ingest {
         let limits = Limits {
             max_records: self.settings.max_records,
         };
-        let mut parsed = dialect.parse(text, limits)?;
-        checks::bound_keys(&mut parsed);
-        tracing::info!(records = parsed.len(), "batch read");
+        let read = read::Body::read(dialect, text, limits)?;
+        tracing::info!(records = read.len(), "batch read");
         budget
             .run(|| {
                 batches::record_fingerprint(&self.pool, tenant, &envelope.batch_id, &fingerprint)
             })
             .await?;
 
-        let parsed = keys::assign(
-            self,
-            budget,
-            tenant,
-            &envelope.batch_id,
-            dialect,
-            text,
-            parsed,
-        )
-        .await?;
-        let parsed = references::check(self, budget, tenant, dialect, parsed).await?;
         // What an earlier delivery of this batch applied before it stopped, found by key.
         let (recorded, next_chunk) = budget
             .run(|| batches::recorded_results(&self.pool, tenant, &envelope.batch_id))
             .await?;
-        let (rows, outline) = apply::prepare(&parsed, &recorded);
-        // A large batch's parsed customers are its biggest form in memory: they are let go as soon
-        // as they are serialized, unless the dialect's response is made from them.
-        let kept = dialect.renders_customers().then_some(parsed);
+        let read::Prepared {
+            rows,
+            outline,
+            kept,
+        } = read::prepare(
+            self,
+            budget,
+            read::Batch {
+                tenant,
+                batch_id: &envelope.batch_id,
+                dialect,
+                text,
+                recorded: &recorded,
+                window: self.settings.chunk_size,
+            },
+            read,
+        )
+        .await?;
         let records = apply::apply(
             self,
             budget,
@@ -262,7 +277,14 @@ impl Ingest {
             .flatten()
             .map(|r| r.customer.as_ref().ok())
             .collect();
-        let response = dialect.render_response(&records, &customers);
+        // A response made from the results alone is not rendered for the whole batch, where it
+        // would be the largest form of a large one: it is left out of the stored reply, and each
+        // reply part renders its own (see `Reply::into_parts`).
+        let response = if dialect.renders_customers() {
+            dialect.render_response(&records, &customers)
+        } else {
+            serde_json::Value::Null
+        };
         drop(customers);
         drop(kept);
         let counts = Counts::of(&records);

@@ -59,6 +59,7 @@ fn envelope(batch_id: &str, tenant: Option<&str>, dialect: Option<&str>) -> Enve
         reply_to: None,
         dialect: dialect.map(str::to_owned),
         tenant: tenant.map(str::to_owned),
+        content_encoding: None,
         user_id: None,
         trace: None,
     }

@@ -7,6 +7,7 @@ mod add_with_accounts;
 mod auth;
 mod broker;
 mod cli;
+mod compression;
 mod contention;
 mod contract;
 mod customers_v1;
