@@ -37,6 +37,10 @@ pub struct Relay {
 /// How long the relay waits before trying again after Postgres or the broker failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// Bounds the relay's connecting as the pool bounds an acquire, so that an unreachable Postgres
+/// delays neither the next try nor a shutdown for long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Relay {
     /// Runs until `stop` is cancelled, then publishes what is left (while the broker is reachable)
     /// and returns.
@@ -86,14 +90,22 @@ impl Relay {
     async fn publish_pending(&mut self, publisher: &Publisher) -> bool {
         let connection = match self.connection.take() {
             Some(connection) => connection,
-            None => match PgConnection::connect_with(&self.pool.connect_options()).await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::warn!(error = %error, "connecting the relay failed; will retry");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    return false;
+            None => {
+                let options = self.pool.connect_options();
+                let connecting = PgConnection::connect_with(&options);
+                match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %error, "connecting the relay failed; will retry");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        return false;
+                    }
+                    Err(_) => {
+                        tracing::warn!("connecting the relay timed out; will retry");
+                        return false;
+                    }
                 }
-            },
+            }
         };
         let claim = match outbox::claim(connection, self.settings.batch_size).await {
             Ok(Claimed::Claim(claim)) => claim,
