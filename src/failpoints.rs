@@ -9,7 +9,7 @@
 //! | `batch-before-reply` | the batch is stored as completed, its reply not published |
 //! | `batch-before-ack` | the reply is confirmed, the delivery not acknowledged |
 //! | `relay-before-publish` | events are claimed from the outbox, not published |
-//! | `relay-after-publish` | events are confirmed by the broker, not yet marked done |
+//! | `relay-after-publish` | events are confirmed by the broker, not yet marked done (evaluated off the runtime's threads, so `pause` stops the relay alone) |
 //! | `batch-poison` | every delivery of the batch whose id is the point's argument fails |
 //! | `batch-panic` | processing the batch whose id is the point's argument panics |
 //!

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +16,7 @@ use crate::amqp::{Publisher, events};
 use crate::config::RelaySettings;
 use crate::events::EventsMode;
 use crate::metrics::Metrics;
-use crate::store::outbox;
+use crate::store::outbox::{self, Claimed};
 
 pub struct Relay {
     pub pool: PgPool,
@@ -29,7 +29,17 @@ pub struct Relay {
     pub publisher: watch::Receiver<Option<Publisher>>,
     /// When the backlog gauges were last refreshed.
     pub last_observed: Option<std::time::Instant>,
+    /// The relay's own session, outside `pool`: it holds the relay lock during a claim, so no other
+    /// work may run on it. Opened on first use, and again after it failed.
+    pub connection: Option<PgConnection>,
 }
+
+/// How long the relay waits before trying again after Postgres or the broker failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Bounds the relay's connecting as the pool bounds an acquire, so that an unreachable Postgres
+/// delays neither the next try nor a shutdown for long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Relay {
     /// Runs until `stop` is cancelled, then publishes what is left (while the broker is reachable)
@@ -54,6 +64,10 @@ impl Relay {
             }
         }
         self.flush().await;
+        if let Some(connection) = self.connection.take() {
+            // Ends the session cleanly; it holds no lock between claims.
+            let _ = connection.close().await;
+        }
     }
 
     /// Publishes until the outbox is empty or publishing fails.
@@ -73,19 +87,43 @@ impl Relay {
     }
 
     /// Publishes one claim's worth of events. Returns whether a full batch went out (so more may wait).
-    async fn publish_pending(&self, publisher: &Publisher) -> bool {
-        let claim = match outbox::claim(&self.pool, self.settings.batch_size).await {
-            Ok(Some(claim)) => claim,
+    async fn publish_pending(&mut self, publisher: &Publisher) -> bool {
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => {
+                let options = self.pool.connect_options();
+                let connecting = PgConnection::connect_with(&options);
+                match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %error, "connecting the relay failed; will retry");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        return false;
+                    }
+                    Err(_) => {
+                        tracing::warn!("connecting the relay timed out; will retry");
+                        return false;
+                    }
+                }
+            }
+        };
+        let claim = match outbox::claim(connection, self.settings.batch_size).await {
+            Ok(Claimed::Claim(claim)) => claim,
             // Another process's relay holds the claim; it publishes in our place.
-            Ok(None) => return false,
+            Ok(Claimed::Elsewhere(connection)) => {
+                self.connection = Some(connection);
+                return false;
+            }
             Err(error) => {
+                // The connection is dropped, and with it the lock if it was taken.
                 tracing::warn!(error = %error, "claiming outbox events failed; will retry");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
                 return false;
             }
         };
         let count = claim.event_count();
         if count == 0 {
+            self.keep(claim.release().await);
             return false;
         }
         let messages = crate::events::messages(self.mode, &claim.chunks);
@@ -93,19 +131,40 @@ impl Relay {
         let published = events::publish(publisher, &self.exchange, &messages).await;
         drop(messages);
         if let Err(error) = published {
-            // The claim is rolled back: the same events, with the same ids, go out on the next try.
+            // Nothing is marked done: the same events, with the same ids, go out on the next try.
             tracing::warn!(error = ?error, "publishing events failed; will retry");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.keep(claim.release().await);
+            tokio::time::sleep(RETRY_PAUSE).await;
             return false;
         }
-        fail::fail_point!("relay-after-publish", |_| crate::failpoints::crash());
-        if let Err(error) = claim.finish().await {
-            // Published but not marked done: they are published again later, under the same ids.
-            tracing::warn!(error = %error, "marking events published failed; they will be published again");
-            return false;
+        // Off the runtime's threads: a test pauses the relay here (`pause` blocks its thread) while
+        // the rest of the worker goes on.
+        #[cfg(feature = "failpoints")]
+        let _ = tokio::task::spawn_blocking(|| {
+            fail::fail_point!("relay-after-publish", |_| crate::failpoints::crash())
+        })
+        .await;
+        match claim.finish().await {
+            Ok(connection) => self.connection = Some(connection),
+            Err(error) => {
+                // Published but not marked done: they are published again later, under the same ids.
+                tracing::warn!(error = %error, "marking events published failed; they will be published again");
+                return false;
+            }
         }
         self.metrics.events_published.inc_by(count as u64);
         count as i64 >= self.settings.batch_size
+    }
+
+    /// Keeps the connection a claim handed back; one that failed is dropped (its session ends, and
+    /// its lock with it), and the next claim connects again.
+    fn keep(&mut self, released: Result<PgConnection, sqlx::Error>) {
+        match released {
+            Ok(connection) => self.connection = Some(connection),
+            Err(error) => {
+                tracing::warn!(error = %error, "releasing the relay lock failed; reconnecting")
+            }
+        }
     }
 
     /// Counting the outbox scans it, so it is done at most once per poll interval (and at least every

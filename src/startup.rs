@@ -124,6 +124,7 @@ impl Application {
                 wakeup: relay_wakeup,
                 publisher: publisher_rx,
                 last_observed: None,
+                connection: None,
             }
             .run(relay_stop.clone()),
         );

@@ -163,9 +163,10 @@ async fn scrub_replies(
 /// Drops the customer's events from the outbox rows still waiting to be published (a row emptied so
 /// is deleted).
 ///
-/// Holds the relay's lock until commit first: the relay skips rows locked by others, and would
-/// otherwise publish the rows after these ahead of them. A claim the relay holds right now is
-/// waited for; its rows are then published and gone, and the `customer.deleted` event follows them.
+/// Holds the relay's lock until commit first: the relay reads its claim's rows without locking
+/// them, so it must not claim rows while they are rewritten here. A claim the relay holds right now
+/// is waited for; its rows are then published and gone, and the `customer.deleted` event follows
+/// them.
 async fn drop_pending_events(
     tx: &mut Transaction<'_, Postgres>,
     tenant: &str,

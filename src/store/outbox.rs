@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::events::{Encoded, EventType};
@@ -113,26 +113,40 @@ pub async fn insert(
     .await
 }
 
-/// Oldest-first chunks claimed by this relay. Only one relay, across all processes, holds a claim
-/// at a time (a transaction-level advisory lock), so events leave in `id` order, which is version
-/// order per customer. Dropping the claim without [`Claim::finish`] releases the events for the
-/// next try, which reads the same rows, so the same events and batches go out again.
+/// Oldest-first chunks claimed by this relay, on its own connection. Only one relay, across all
+/// processes, holds a claim at a time (a session-level advisory lock on that connection, taken for
+/// one claim), so events leave in `id` order, which is commit order per customer. No transaction
+/// stays open while the events are published: the rows are read, and deleted in
+/// [`Claim::finish`], each in a statement of its own. A claim that is dropped drops its connection
+/// too, which ends the session and its lock; the next try reads the same rows, so the same events
+/// and batches go out again.
 pub struct Claim {
-    tx: Transaction<'static, Postgres>,
+    connection: PgConnection,
     pub chunks: Vec<PendingChunk>,
 }
 
-/// Claims up to `limit` pending events, or returns `None` when another relay holds the claim.
-pub async fn claim(pool: &PgPool, limit: i64) -> Result<Option<Claim>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+/// What [`claim`] found.
+pub enum Claimed {
+    /// The lock is this relay's until the claim is finished or released: the oldest events, none
+    /// if the outbox is empty.
+    Claim(Claim),
+    /// Another relay holds the lock and publishes in our place; the connection is handed back.
+    Elsewhere(PgConnection),
+}
+
+/// Claims up to `limit` pending events on `connection`, the relay's own (a session lock is held on
+/// it until the claim ends, so it must not be a pooled connection that others use meanwhile).
+pub async fn claim(mut connection: PgConnection, limit: i64) -> Result<Claimed, sqlx::Error> {
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(RELAY_LOCK)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut connection)
         .await?;
     if !locked {
-        return Ok(None);
+        return Ok(Claimed::Elsewhere(connection));
     }
-    // A row holds one chunk's events; `limit` events are claimed in whole rows, at least one.
+    // A row holds one chunk's events; `limit` events are claimed in whole rows, at least one. Rows
+    // are not locked: only the holder of the relay lock deletes them, and an erasure that rewrites
+    // them takes that lock first.
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, tenant, batch_id, occurred_at, body, event_ends, event_ids, event_kinds,
                 customer_ids, traceparent, tracestate
@@ -143,17 +157,17 @@ pub async fn claim(pool: &PgPool, limit: i64) -> Result<Option<Claim>, sqlx::Err
                  FROM (SELECT id, event_count FROM outbox ORDER BY id LIMIT 1000) oldest
              ) running
              WHERE before < $1)
-         ORDER BY id FOR UPDATE SKIP LOCKED",
+         ORDER BY id",
     )
     .bind(limit)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut connection)
     .await?;
     let chunks = rows
         .into_iter()
         .map(Row::into_chunk)
         .collect::<Result<_, _>>()
         .map_err(|error| sqlx::Error::Decode(error.into()))?;
-    Ok(Some(Claim { tx, chunks }))
+    Ok(Claimed::Claim(Claim { connection, chunks }))
 }
 
 /// An outbox row as claimed.
@@ -202,18 +216,25 @@ impl Claim {
         self.chunks.iter().map(|chunk| chunk.events.len()).sum()
     }
 
-    /// Marks the claimed events done (they were published and confirmed) by deleting them.
-    pub async fn finish(mut self) -> Result<(), sqlx::Error> {
+    /// Marks the claimed events done (they were published and confirmed) by deleting them, then
+    /// lets go of the relay lock; hands the connection back for the next claim.
+    pub async fn finish(mut self) -> Result<PgConnection, sqlx::Error> {
+        let rows: Vec<i64> = self.chunks.iter().map(|chunk| chunk.row).collect();
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(
-                self.chunks
-                    .iter()
-                    .map(|chunk| chunk.row)
-                    .collect::<Vec<i64>>(),
-            )
-            .execute(&mut *self.tx)
+            .bind(rows)
+            .execute(&mut self.connection)
             .await?;
-        self.tx.commit().await
+        self.release().await
+    }
+
+    /// Lets go of the relay lock without marking anything done (nothing was claimed, or publishing
+    /// failed: the same events go out on the next try).
+    pub async fn release(mut self) -> Result<PgConnection, sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(RELAY_LOCK)
+            .execute(&mut self.connection)
+            .await?;
+        Ok(self.connection)
     }
 }
 

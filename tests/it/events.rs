@@ -13,8 +13,8 @@ use lapin::{BasicProperties, Consumer};
 use serde_json::Value;
 
 use crate::helpers::{
-    Message, PATIENCE, TestApp, customers_body, failpoints_compiled_in, spawn_worker_process,
-    terminate, wait_for,
+    Message, PATIENCE, TestApp, customers_body, failpoints_compiled_in, next_json, signal,
+    spawn_worker_process, terminate, wait_for,
 };
 
 /// One delivered message: routing key, properties and body.
@@ -333,6 +333,53 @@ async fn in_batch_mode_a_worker_killed_after_the_broker_confirmed_sends_the_same
         "every customer's event, each in one chunk"
     );
     assert_eq!(app.distinct_events().await.len(), 150);
+    assert!(terminate(&mut worker).await.success());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_holds_no_transaction_open_while_it_publishes() {
+    failpoints_compiled_in();
+    let mut app = TestApp::without_worker(|_| {}).await;
+    let mut events = app.bind_events("#").await;
+    let body = customers_body("P", 20, "Customer");
+    app.publish(Message::upsert(&body, "acme", "paused-relay"))
+        .await;
+    // The relay stops for good once the broker has confirmed its events, before it marks them done.
+    let mut paused = spawn_worker_process(&app.settings, Some("relay-after-publish=pause"));
+    let (reply, _) = app.next_reply().await;
+    assert_eq!(reply["status"], "completed", "{reply}");
+    for _ in 0..20 {
+        next_json(&mut events, "an event").await;
+    }
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        pending > 0,
+        "the relay is stopped before marking the events done"
+    );
+
+    // The batch is answered, so the pipeline holds no transaction: any left open is the relay's.
+    let idle: Vec<String> = sqlx::query_scalar(
+        "SELECT query FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'customer-ingest'
+           AND state = 'idle in transaction'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        idle.is_empty(),
+        "sessions idle in transaction while the relay publishes: {idle:?}"
+    );
+
+    // Killed there, the worker's events go out again from the next one, under the same ids.
+    signal(&paused, "KILL");
+    paused.wait().await.unwrap();
+    let mut worker = spawn_worker_process(&app.settings, None);
+    assert_eq!(app.distinct_events().await.len(), 20);
     assert!(terminate(&mut worker).await.success());
     app.stop().await;
 }
