@@ -154,19 +154,47 @@ pub(super) async fn apply(
             .ok()
             .and_then(|i| i.checked_add(first_chunk))
             .ok_or_else(|| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
-        let result = budget
-            .run(|| {
-                customers::apply_chunk(
-                    &ingest.pool,
-                    tenant,
-                    batch_id,
-                    index,
-                    chunk,
-                    merged,
-                    trace.as_ref(),
-                )
-            })
-            .await;
+        let result = loop {
+            let attempt = Instant::now();
+            let outcome = budget
+                .run(|| {
+                    customers::apply_chunk(
+                        &ingest.pool,
+                        tenant,
+                        batch_id,
+                        index,
+                        chunk,
+                        merged,
+                        trace.as_ref(),
+                    )
+                })
+                .await;
+            match outcome {
+                Ok(customers::Outcome::Applied(results)) => break Ok(results),
+                Err(error) => break Err(error),
+                // Another transaction changed one of the chunk's customers since it was read: the
+                // chunk is read and written again, for as long as the message's retry budget lasts.
+                Ok(customers::Outcome::Conflict) => {
+                    budget.spend(attempt.elapsed());
+                    // Counted as what it is: a serialization failure, found by the worker.
+                    ingest
+                        .metrics
+                        .db_retries
+                        .with_label_values(&["40001"])
+                        .inc();
+                    if budget.remaining().is_zero() {
+                        return Err(BatchError::Contended(anyhow!(
+                            "other transactions kept changing this batch's customers for the \
+                             whole retry budget"
+                        )));
+                    }
+                    tracing::info!(
+                        chunk = chunk_index,
+                        "customers changed since the chunk was read; reading them again"
+                    );
+                }
+            }
+        };
         ingest
             .metrics
             .chunk_duration
