@@ -9,7 +9,7 @@ mod keys;
 mod references;
 mod retry;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,12 +22,12 @@ pub use error::BatchError;
 
 use crate::codes::RejectionCode;
 use crate::config::{AuthSettings, PipelineSettings};
-use crate::dialect::{self, Limits, Rejection};
+use crate::dialect::{self, Keying, Limits, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{Action, Counts, Customer};
+use crate::model::{Action, Counts, Customer, RecordResult};
 use crate::reply::Reply;
-use crate::store::{batches, outbox};
+use crate::store::{batches, customers, outbox};
 use retry::{Budget, Retry};
 
 /// How often a delivery waiting for another delivery of its batch looks again.
@@ -214,11 +214,24 @@ impl Ingest {
         let mut parsed = dialect.parse(text, limits)?;
         checks::bound_keys(&mut parsed);
         tracing::info!(records = parsed.len(), "batch read");
-        budget
-            .run(|| {
-                batches::record_fingerprint(&self.pool, tenant, &envelope.batch_id, &fingerprint)
-            })
-            .await?;
+        // The fingerprint is recorded with the first chunk that commits (or with the completion),
+        // so that nothing of the batch is stored without it; first, when matching by contact
+        // details records decisions under the batch id before any chunk.
+        let fingerprint_pending = if dialect.keying() == Keying::ByContact {
+            budget
+                .run(|| {
+                    batches::record_fingerprint(
+                        &self.pool,
+                        tenant,
+                        &envelope.batch_id,
+                        &fingerprint,
+                    )
+                })
+                .await?;
+            None
+        } else {
+            Some(&fingerprint)
+        };
 
         let parsed = keys::assign(
             self,
@@ -239,7 +252,41 @@ impl Ingest {
         // A large batch's parsed customers are its biggest form in memory: they are let go as soon
         // as they are serialized, unless the dialect's response is made from them.
         let kept = dialect.renders_customers().then_some(parsed);
-        let records = apply::apply(
+        let customers: Vec<Option<&Customer>> = kept
+            .iter()
+            .flatten()
+            .map(|r| r.customer.as_ref().ok())
+            .collect();
+        let reply_of = |records: Vec<RecordResult>| {
+            let counts = Counts::of(&records);
+            Reply {
+                batch_id: envelope.batch_id.clone(),
+                correlation_id: envelope.correlation_id.clone(),
+                tenant: Some(tenant.to_owned()),
+                dialect: Some(dialect.name().to_owned()),
+                status: counts.status(),
+                counts,
+                response: dialect.render_response(&records, &customers),
+                records,
+                error: None,
+                started_at,
+                finished_at: Utc::now(),
+                part: Default::default(),
+            }
+        };
+        // The reply stored with the last chunk, kept to be sent once it commits.
+        let built: Mutex<Option<Reply>> = Mutex::new(None);
+        let finish = |records: Vec<RecordResult>| {
+            let reply = reply_of(records);
+            let completion = customers::Completion {
+                dialect: dialect.name(),
+                status: reply.status.as_str(),
+                reply: serde_json::to_string(&reply).ok()?,
+            };
+            *built.lock().unwrap() = Some(reply);
+            Some(completion)
+        };
+        let (records, completed) = apply::apply(
             self,
             budget,
             apply::Batch {
@@ -251,28 +298,60 @@ impl Ingest {
                     traceparent: trace.traceparent.clone(),
                     tracestate: trace.tracestate.clone(),
                 }),
+                fingerprint: fingerprint_pending,
             },
             rows,
             outline,
             recorded,
+            &finish,
         )
         .await?;
-        let customers: Vec<Option<&Customer>> = kept
-            .iter()
-            .flatten()
-            .map(|r| r.customer.as_ref().ok())
-            .collect();
-        let response = dialect.render_response(&records, &customers);
+        let reply = match (completed, built.into_inner().unwrap()) {
+            (customers::Completed::Stored, Some(reply)) => reply,
+            (customers::Completed::Earlier, _) => {
+                let stored = budget
+                    .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
+                    .await?;
+                if let Some(reply) = stored.and_then(|earlier| serde_json::from_value(earlier).ok())
+                {
+                    return Ok(reply);
+                }
+                return Err(BatchError::Failed(anyhow::anyhow!(
+                    "the stored reply of this batch cannot be read"
+                )));
+            }
+            _ => {
+                let reply = reply_of(records);
+                let stored = budget
+                    .run(|| {
+                        batches::complete(
+                            &self.pool,
+                            tenant,
+                            &envelope.batch_id,
+                            &fingerprint,
+                            reply.status.as_str(),
+                            &reply,
+                        )
+                    })
+                    .await?;
+                if let Some(earlier) =
+                    stored.and_then(|earlier| serde_json::from_value(earlier).ok())
+                {
+                    return Ok(earlier);
+                }
+                reply
+            }
+        };
         drop(customers);
         drop(kept);
-        let counts = Counts::of(&records);
+        let counts = reply.counts;
         for action in [
             Action::Created,
             Action::Updated,
             Action::Unchanged,
             Action::Failed,
         ] {
-            let n = records.iter().filter(|r| r.action == action).count();
+            let n = reply.records.iter().filter(|r| r.action == action).count();
             if n > 0 {
                 self.metrics
                     .records
@@ -280,32 +359,6 @@ impl Ingest {
                     .inc_by(n as u64);
             }
         }
-        let reply = Reply {
-            batch_id: envelope.batch_id.clone(),
-            correlation_id: envelope.correlation_id.clone(),
-            tenant: Some(tenant.to_owned()),
-            dialect: Some(dialect.name().to_owned()),
-            status: counts.status(),
-            counts,
-            response,
-            records,
-            error: None,
-            started_at,
-            finished_at: Utc::now(),
-            part: Default::default(),
-        };
-        let stored = budget
-            .run(|| {
-                batches::complete(
-                    &self.pool,
-                    tenant,
-                    &envelope.batch_id,
-                    dialect.name(),
-                    reply.status.as_str(),
-                    &reply,
-                )
-            })
-            .await?;
         tracing::info!(
             status = reply.status.as_str(),
             created = counts.created,
@@ -314,8 +367,6 @@ impl Ingest {
             failed = counts.failed,
             "batch completed"
         );
-        Ok(stored
-            .and_then(|earlier| serde_json::from_value(earlier).ok())
-            .unwrap_or(reply))
+        Ok(reply)
     }
 }

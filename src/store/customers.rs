@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::batches::Fingerprint;
 use super::outbox;
 use crate::events::{Data, Encoded, Encoder, EventType, NewEvent};
 use crate::model::Action;
@@ -33,10 +34,50 @@ pub struct Applied {
 /// How a chunk's rows become the stored documents of customers that exist already.
 pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
 
+/// A chunk of a batch, and what its transaction records about the batch besides its customers.
+#[derive(Clone, Copy)]
+pub struct Chunk<'a> {
+    pub tenant: &'a str,
+    pub batch_id: &'a str,
+    /// Not used before for this batch.
+    pub index: i32,
+    /// The trace context the chunk's events continue.
+    pub trace: Option<&'a outbox::Trace>,
+    /// What the batch id stands for, recorded with the chunk (a no-op if recorded already).
+    pub fingerprint: Option<&'a Fingerprint>,
+    /// For the batch's last chunk: given what the chunk is about to do to its keys, the batch's
+    /// completion, stored with the chunk instead of in a transaction of its own; `None` if the
+    /// batch is to be completed apart.
+    pub complete: Option<Complete<'a>>,
+}
+
+/// Builds a batch's completion from what its last chunk does to each key, or `None` when the
+/// batch is to be completed apart.
+pub type Complete<'a> = &'a (dyn Fn(&[Applied]) -> Option<Completion> + Sync);
+
+/// A completed batch as stored: its dialect, status and reply, serialized.
+pub struct Completion {
+    pub dialect: &'static str,
+    pub status: &'static str,
+    pub reply: String,
+}
+
+/// Whether a chunk completed its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// It was not asked to, or its completion could not be built.
+    No,
+    /// Its reply is stored.
+    Stored,
+    /// Another delivery had completed the batch already: the reply stored then stands.
+    Earlier,
+}
+
 /// What one attempt at a chunk came to.
 pub enum Outcome {
-    /// Written and committed: what the chunk did to each key, in key order.
-    Applied(Vec<Applied>),
+    /// Written and committed: what the chunk did to each key, in key order, and whether the batch
+    /// was completed with it.
+    Applied(Vec<Applied>, Completed),
     /// Another transaction created or changed one of the chunk's customers between the chunk's read
     /// and its write: nothing was written, and the chunk is to be read and written again.
     Conflict,
@@ -60,13 +101,18 @@ pub enum Outcome {
 /// same customers lock them in the same order.
 pub async fn apply_chunk(
     pool: &PgPool,
-    tenant: &str,
-    batch_id: &str,
-    chunk_index: i32,
+    chunk: &Chunk<'_>,
     rows: &[ChunkRow],
     merge: Option<Merge<'_>>,
-    trace: Option<&outbox::Trace>,
 ) -> Result<Outcome, sqlx::Error> {
+    let Chunk {
+        tenant,
+        batch_id,
+        index: chunk_index,
+        trace,
+        fingerprint,
+        complete,
+    } = *chunk;
     let mut order: Vec<&ChunkRow> = rows.iter().collect();
     order.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let keys: Vec<&str> = order.iter().map(|row| row.key.as_str()).collect();
@@ -126,9 +172,10 @@ pub async fn apply_chunk(
         });
     }
     let events = written.encode(tenant, batch_id, trace, now);
+    let completion = complete.and_then(|complete| complete(&applied));
 
     let mut tx = pool.begin().await?;
-    let count: i64 = sqlx::query_scalar(
+    let (count, stored): (i64, i64) = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::bytea[], $6::bigint[])
                  AS t(key, data, id, hash, version)
@@ -146,12 +193,24 @@ pub async fn apply_chunk(
                                  event_kinds, customer_ids, occurred_at, traceparent, tracestate)
              SELECT $1, $8, cardinality($16::uuid[]), $14, $15, $16, $17, $18, $7, $19, $20
              WHERE $14::bytea IS NOT NULL
+         ), fingerprint AS (
+             INSERT INTO batch_fingerprints (tenant, batch_id, dialect, body_sha256)
+             SELECT $1, $8, $22, $23 WHERE $23::bytea IS NOT NULL
+             ON CONFLICT (tenant, batch_id) DO NOTHING
          ), results AS (
              INSERT INTO batch_chunks (tenant, batch_id, chunk_index, keys, ids, versions, actions)
-             VALUES ($1, $8, $9, $2 || $10::text[], $4 || $11::uuid[], $6 || $12::bigint[],
-                     $13::smallint[] || $21::smallint[])
+             SELECT $1, $8, $9, $2 || $10::text[], $4 || $11::uuid[], $6 || $12::bigint[],
+                    $13::smallint[] || $21::smallint[]
+             WHERE $24::text IS NULL
+         ), completed AS (
+             INSERT INTO processed_batches (tenant, batch_id, dialect, status, reply)
+             SELECT $1, $8, $25, $26, $24::jsonb WHERE $24::text IS NOT NULL
+             ON CONFLICT (tenant, batch_id) DO NOTHING
+             RETURNING 1
+         ), cleared AS (
+             DELETE FROM batch_chunks WHERE tenant = $1 AND batch_id = $8 AND $24::text IS NOT NULL
          )
-         SELECT count(*) FROM written",
+         SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM completed)",
     )
     .bind(tenant)
     .bind(&written.keys)
@@ -177,6 +236,11 @@ pub async fn apply_chunk(
         action_code(Action::Unchanged);
         applied.len() - written.keys.len()
     ])
+    .bind(fingerprint.map(|f| f.dialect.as_str()))
+    .bind(fingerprint.map(|f| &f.body_sha256))
+    .bind(completion.as_ref().map(|c| c.reply.as_str()))
+    .bind(completion.as_ref().map(|c| c.dialect))
+    .bind(completion.as_ref().map(|c| c.status))
     .fetch_one(&mut *tx)
     .await?;
     if usize::try_from(count).ok() != Some(written.keys.len()) {
@@ -185,7 +249,12 @@ pub async fn apply_chunk(
     }
     fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
     tx.commit().await?;
-    Ok(Outcome::Applied(applied))
+    let completed = match (completion, stored) {
+        (None, _) => Completed::No,
+        (Some(_), 0) => Completed::Earlier,
+        (Some(_), _) => Completed::Stored,
+    };
+    Ok(Outcome::Applied(applied, completed))
 }
 
 /// A stored customer, as a chunk reads it before writing.
