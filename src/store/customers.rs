@@ -290,8 +290,10 @@ async fn read(
 }
 
 /// The keys of customers stored before hashes were (no `data_hash`) whose document equals the
-/// chunk's: compared by Postgres as documents, so that a document serialized differently but equal
-/// is never a new version. Usually none are asked for, and nothing is read.
+/// chunk's: compared by Postgres as documents, so that a customer stored by an earlier version is not
+/// given a new version for a document serialized differently but equal. (A hashed customer is
+/// unchanged when its hash is: the worker serializes a customer always the same way.) Usually none
+/// are asked for, and nothing is read.
 async fn same_documents<'k>(
     pool: &PgPool,
     tenant: &str,
