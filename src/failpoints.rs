@@ -4,6 +4,7 @@
 //!
 //! | point | where |
 //! | --- | --- |
+//! | `chunk-after-read` | a chunk read its stored customers, nothing of it is written |
 //! | `chunk-before-commit` | a chunk is written but its transaction not committed |
 //! | `chunk-after-commit` | a chunk committed, the next one not started |
 //! | `batch-before-reply` | the batch is stored as completed, its reply not published |
@@ -13,7 +14,8 @@
 //! | `batch-poison` | every delivery of the batch whose id is the point's argument fails |
 //! | `batch-panic` | processing the batch whose id is the point's argument panics |
 //!
-//! All but the last two stop the process on the spot.
+//! All but `chunk-after-read` (for tests that act there with `fail::cfg_callback`) and the last two
+//! stop the process on the spot.
 
 /// Ends the process at once, as `kill -9` would: no destructors, no graceful shutdown, connections
 /// dropped by the kernel.

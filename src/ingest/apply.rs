@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use crate::codes::FieldCode;
 use crate::dialect::Merge;
 use crate::model::{Customer, FieldError, ParsedRecord, RecordResult};
-use crate::store::{self, customers, outbox};
+use crate::store::{self, batches, customers, outbox};
 
 use super::retry::Budget;
 use super::{BatchError, Ingest};
@@ -31,7 +31,15 @@ pub(super) struct Batch<'a> {
     pub first_chunk: i32,
     /// The trace context the batch's events continue.
     pub trace: Option<outbox::Trace>,
+    /// What the batch id stands for, when it is to be recorded with the first chunk that commits;
+    /// `None` when it is recorded already.
+    pub fingerprint: Option<&'a batches::Fingerprint>,
 }
+
+/// Builds the batch's completion from every record's result, or `None` when the batch is to be
+/// completed apart.
+pub(super) type Finish<'a> =
+    &'a (dyn Fn(Vec<RecordResult>) -> Option<customers::Completion> + Sync);
 
 /// The rows to store (duplicate keys collapse to their last valid occurrence; the earlier ones report
 /// its result; keys whose result an earlier delivery recorded are not stored again) and every
@@ -113,7 +121,10 @@ fn holds_control_character(json: &str) -> bool {
 }
 
 /// Applies the rows chunk by chunk and returns one result per input record: what this delivery
-/// applied, or what an earlier delivery recorded for the record's key.
+/// applied, or what an earlier delivery recorded for the record's key. The last chunk's transaction
+/// also completes the batch, with what `finish` builds from every record's result (known before
+/// that chunk is written), so a batch commits once per chunk and no more; whether it did is
+/// returned.
 pub(super) async fn apply(
     ingest: &Ingest,
     budget: &Budget<'_>,
@@ -121,13 +132,15 @@ pub(super) async fn apply(
     rows: Vec<customers::ChunkRow>,
     outline: Vec<Outline>,
     recorded: HashMap<String, customers::Applied>,
-) -> Result<Vec<RecordResult>, BatchError> {
+    finish: Finish<'_>,
+) -> Result<(Vec<RecordResult>, customers::Completed), BatchError> {
     let Batch {
         tenant,
         batch_id,
         merge,
         first_chunk,
         trace,
+        mut fingerprint,
     } = batch;
     let merged = |stored: serde_json::Value, row: &customers::ChunkRow| -> String {
         let (Some(merge), Ok(incoming), Ok(stored)) = (
@@ -148,25 +161,61 @@ pub(super) async fn apply(
     let mut applied = recorded;
     applied.reserve(rows.len());
     let mut refused: HashMap<String, FieldError> = HashMap::new();
+    let mut completed = customers::Completed::No;
     for (chunk_index, chunk) in rows.chunks(chunk_size).enumerate() {
         let started = Instant::now();
         let index = i32::try_from(chunk_index)
             .ok()
             .and_then(|i| i.checked_add(first_chunk))
             .ok_or_else(|| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
-        let result = budget
-            .run(|| {
-                customers::apply_chunk(
-                    &ingest.pool,
-                    tenant,
-                    batch_id,
-                    index,
-                    chunk,
-                    merged,
-                    trace.as_ref(),
-                )
-            })
-            .await;
+        let complete = |last: &[customers::Applied]| {
+            results(&outline, &earlier, &applied, last, &refused)
+                .ok()
+                .and_then(finish)
+        };
+        let chunk_of = customers::Chunk {
+            tenant,
+            batch_id,
+            index,
+            trace: trace.as_ref(),
+            fingerprint,
+            complete: (chunk_index + 1 == chunk_count)
+                .then_some(&complete as customers::Complete<'_>),
+        };
+        let result = loop {
+            let attempt = Instant::now();
+            let outcome = budget
+                .run(|| customers::apply_chunk(&ingest.pool, &chunk_of, chunk, merged))
+                .await;
+            match outcome {
+                Ok(customers::Outcome::Applied(results, done)) => {
+                    completed = done;
+                    break Ok(results);
+                }
+                Err(error) => break Err(error),
+                // Another transaction changed one of the chunk's customers since it was read: the
+                // chunk is read and written again, for as long as the message's retry budget lasts.
+                Ok(customers::Outcome::Conflict) => {
+                    budget.spend(attempt.elapsed());
+                    // Counted as what it is: a serialization failure, found by the worker.
+                    ingest
+                        .metrics
+                        .db_retries
+                        .with_label_values(&["40001"])
+                        .inc();
+                    if budget.remaining().is_zero() {
+                        return Err(BatchError::Contended(anyhow!(
+                            "other transactions kept changing this batch's customers for the \
+                             whole retry budget"
+                        )));
+                    }
+                    tracing::info!(
+                        chunk = chunk_index,
+                        "customers changed since the chunk was read; reading them again"
+                    );
+                }
+            }
+        };
         ingest
             .metrics
             .chunk_duration
@@ -175,6 +224,7 @@ pub(super) async fn apply(
             Ok(results) => {
                 fail::fail_point!("chunk-after-commit", |_| crate::failpoints::crash());
                 ingest.relay.notify_one();
+                fingerprint = None;
                 applied.extend(results.into_iter().map(|a| (a.key.clone(), a)));
             }
             // Still failing when the message's retry budget ran out: an outage or contention.
@@ -202,20 +252,43 @@ pub(super) async fn apply(
         }
     }
 
+    let records = results(&outline, &earlier, &applied, &[], &refused)?;
+    Ok((records, completed))
+}
+
+/// Every record's result: what this delivery applied (in `applied`, or in `last`, a chunk's
+/// results in key order), what an earlier delivery recorded, or why the record failed.
+fn results(
+    outline: &[Outline],
+    earlier: &HashSet<String>,
+    applied: &HashMap<String, customers::Applied>,
+    last: &[customers::Applied],
+    refused: &HashMap<String, FieldError>,
+) -> Result<Vec<RecordResult>, BatchError> {
+    let find = |key: &str| {
+        last.binary_search_by(|a| a.key.as_str().cmp(key))
+            .ok()
+            .map(|at| &last[at])
+            .or_else(|| applied.get(key))
+    };
     outline
-        .into_iter()
-        .map(|record| match (record.key, record.errors) {
+        .iter()
+        .map(|record| match (&record.key, &record.errors) {
             // A record refused now whose key an earlier delivery applied (a reference since deleted)
             // reports what was done.
-            (Some(key), Some(_)) if earlier.contains(&key) => {
-                Ok(applied_result(record.index, key.clone(), &applied[&key]))
+            (Some(key), Some(_)) if earlier.contains(key) => {
+                Ok(applied_result(record.index, key.clone(), &applied[key]))
             }
-            (key, Some(errors)) => Ok(RecordResult::failed(record.index, key, errors)),
-            (Some(key), None) => match (applied.get(&key), refused.get(&key)) {
+            (key, Some(errors)) => Ok(RecordResult::failed(
+                record.index,
+                key.clone(),
+                errors.clone(),
+            )),
+            (Some(key), None) => match (find(key), refused.get(key)) {
                 (Some(a), _) => Ok(applied_result(record.index, key.clone(), a)),
                 (None, Some(failure)) => Ok(RecordResult::failed(
                     record.index,
-                    Some(key),
+                    Some(key.clone()),
                     vec![failure.clone()],
                 )),
                 // The recorded results of an earlier delivery name other keys than this one's

@@ -11,7 +11,7 @@ mod read;
 mod references;
 mod retry;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,12 +25,12 @@ pub use error::BatchError;
 
 use crate::codes::RejectionCode;
 use crate::config::{AuthSettings, PipelineSettings};
-use crate::dialect::{self, Limits, Rejection};
+use crate::dialect::{self, Keying, Limits, Rejection};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{Action, Counts, Customer};
+use crate::model::{Action, Counts, Customer, RecordResult};
 use crate::reply::Reply;
-use crate::store::{batches, outbox};
+use crate::store::{batches, customers, outbox};
 use retry::{Budget, Retry};
 
 /// How often a delivery waiting for another delivery of its batch looks again.
@@ -226,11 +226,24 @@ impl Ingest {
         };
         let read = read::Body::read(dialect, text, limits)?;
         tracing::info!(records = read.len(), "batch read");
-        budget
-            .run(|| {
-                batches::record_fingerprint(&self.pool, tenant, &envelope.batch_id, &fingerprint)
-            })
-            .await?;
+        // The fingerprint is recorded with the first chunk that commits (or with the completion),
+        // so that nothing of the batch is stored without it; first, when matching by contact
+        // details records decisions under the batch id before any chunk.
+        let fingerprint_pending = if dialect.keying() == Keying::ByContact {
+            budget
+                .run(|| {
+                    batches::record_fingerprint(
+                        &self.pool,
+                        tenant,
+                        &envelope.batch_id,
+                        &fingerprint,
+                    )
+                })
+                .await?;
+            None
+        } else {
+            Some(&fingerprint)
+        };
 
         // What an earlier delivery of this batch applied before it stopped, found by key.
         let (recorded, next_chunk) = budget
@@ -254,7 +267,51 @@ impl Ingest {
             read,
         )
         .await?;
-        let records = apply::apply(
+        let customers: Vec<Option<&Customer>> = kept
+            .iter()
+            .flatten()
+            .map(|r| r.customer.as_ref().ok())
+            .collect();
+        // A response made from the results alone is not rendered for the whole batch, where it
+        // would be the largest form of a large one: it is left out of the stored reply, and each
+        // reply part renders its own (see `Reply::into_parts`).
+        let response_of = |records: &[RecordResult]| {
+            if dialect.renders_customers() {
+                dialect.render_response(records, &customers)
+            } else {
+                serde_json::Value::Null
+            }
+        };
+        let reply_of = |records: Vec<RecordResult>| {
+            let counts = Counts::of(&records);
+            Reply {
+                batch_id: envelope.batch_id.clone(),
+                correlation_id: envelope.correlation_id.clone(),
+                tenant: Some(tenant.to_owned()),
+                dialect: Some(dialect.name().to_owned()),
+                status: counts.status(),
+                counts,
+                response: response_of(&records),
+                records,
+                error: None,
+                started_at,
+                finished_at: Utc::now(),
+                part: Default::default(),
+            }
+        };
+        // The reply stored with the last chunk, kept to be sent once it commits.
+        let built: Mutex<Option<Reply>> = Mutex::new(None);
+        let finish = |records: Vec<RecordResult>| {
+            let reply = reply_of(records);
+            let completion = customers::Completion {
+                dialect: dialect.name(),
+                status: reply.status.as_str(),
+                reply: serde_json::to_string(&reply).ok()?,
+            };
+            *built.lock().unwrap() = Some(reply);
+            Some(completion)
+        };
+        let (records, completed) = apply::apply(
             self,
             budget,
             apply::Batch {
@@ -266,35 +323,60 @@ impl Ingest {
                     traceparent: trace.traceparent.clone(),
                     tracestate: trace.tracestate.clone(),
                 }),
+                fingerprint: fingerprint_pending,
             },
             rows,
             outline,
             recorded,
+            &finish,
         )
         .await?;
-        let customers: Vec<Option<&Customer>> = kept
-            .iter()
-            .flatten()
-            .map(|r| r.customer.as_ref().ok())
-            .collect();
-        // A response made from the results alone is not rendered for the whole batch, where it
-        // would be the largest form of a large one: it is left out of the stored reply, and each
-        // reply part renders its own (see `Reply::into_parts`).
-        let response = if dialect.renders_customers() {
-            dialect.render_response(&records, &customers)
-        } else {
-            serde_json::Value::Null
+        let reply = match (completed, built.into_inner().unwrap()) {
+            (customers::Completed::Stored, Some(reply)) => reply,
+            (customers::Completed::Earlier, _) => {
+                let stored = budget
+                    .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
+                    .await?;
+                if let Some(reply) = stored.and_then(|earlier| serde_json::from_value(earlier).ok())
+                {
+                    return Ok(reply);
+                }
+                return Err(BatchError::Failed(anyhow::anyhow!(
+                    "the stored reply of this batch cannot be read"
+                )));
+            }
+            _ => {
+                let reply = reply_of(records);
+                let stored = budget
+                    .run(|| {
+                        batches::complete(
+                            &self.pool,
+                            tenant,
+                            &envelope.batch_id,
+                            &fingerprint,
+                            reply.status.as_str(),
+                            &reply,
+                        )
+                    })
+                    .await?;
+                if let Some(earlier) =
+                    stored.and_then(|earlier| serde_json::from_value(earlier).ok())
+                {
+                    return Ok(earlier);
+                }
+                reply
+            }
         };
         drop(customers);
         drop(kept);
-        let counts = Counts::of(&records);
+        let counts = reply.counts;
         for action in [
             Action::Created,
             Action::Updated,
             Action::Unchanged,
             Action::Failed,
         ] {
-            let n = records.iter().filter(|r| r.action == action).count();
+            let n = reply.records.iter().filter(|r| r.action == action).count();
             if n > 0 {
                 self.metrics
                     .records
@@ -302,32 +384,6 @@ impl Ingest {
                     .inc_by(n as u64);
             }
         }
-        let reply = Reply {
-            batch_id: envelope.batch_id.clone(),
-            correlation_id: envelope.correlation_id.clone(),
-            tenant: Some(tenant.to_owned()),
-            dialect: Some(dialect.name().to_owned()),
-            status: counts.status(),
-            counts,
-            response,
-            records,
-            error: None,
-            started_at,
-            finished_at: Utc::now(),
-            part: Default::default(),
-        };
-        let stored = budget
-            .run(|| {
-                batches::complete(
-                    &self.pool,
-                    tenant,
-                    &envelope.batch_id,
-                    dialect.name(),
-                    reply.status.as_str(),
-                    &reply,
-                )
-            })
-            .await?;
         tracing::info!(
             status = reply.status.as_str(),
             created = counts.created,
@@ -336,8 +392,6 @@ impl Ingest {
             failed = counts.failed,
             "batch completed"
         );
-        Ok(stored
-            .and_then(|earlier| serde_json::from_value(earlier).ok())
-            .unwrap_or(reply))
+        Ok(reply)
     }
 }

@@ -157,7 +157,8 @@ pub async fn completed_reply(
         .await
 }
 
-/// Records the batch as completed with `reply`, and drops its per-chunk results. Returns `None` when
+/// Records the batch as completed with `reply` (and its fingerprint, when no chunk of it did), and
+/// drops its per-chunk results. Returns `None` when
 /// `reply` was stored; if the batch was completed already, the reply stored then wins and is
 /// returned, so every reply of one batch carries the same body. (Under a [`Claim`] that cannot
 /// happen; it stays true without one.)
@@ -165,11 +166,21 @@ pub async fn complete(
     pool: &PgPool,
     tenant: &str,
     batch_id: &str,
-    dialect: &str,
+    fingerprint: &Fingerprint,
     status: &str,
     reply: &(impl serde::Serialize + Sync),
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO batch_fingerprints (tenant, batch_id, dialect, body_sha256)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, batch_id) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(batch_id)
+    .bind(&fingerprint.dialect)
+    .bind(&fingerprint.body_sha256)
+    .execute(&mut *tx)
+    .await?;
     let inserted = sqlx::query(
         "INSERT INTO processed_batches (tenant, batch_id, dialect, status, reply)
          VALUES ($1, $2, $3, $4, $5)
@@ -177,7 +188,7 @@ pub async fn complete(
     )
     .bind(tenant)
     .bind(batch_id)
-    .bind(dialect)
+    .bind(&fingerprint.dialect)
     .bind(status)
     // Serialized straight into the statement, without an intermediate JSON tree.
     .bind(sqlx::types::Json(reply))

@@ -3,12 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::batches::Fingerprint;
 use super::outbox;
 use crate::events::{Data, Encoded, Encoder, EventType, NewEvent};
 use crate::model::Action;
@@ -32,166 +34,392 @@ pub struct Applied {
 /// How a chunk's rows become the stored documents of customers that exist already.
 pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
 
-/// Inserts new keys, updates changed ones (bumping `version`) and leaves unchanged ones alone, in one
-/// statement; writes one outbox row holding the events of every insert and real update, encoded
-/// here from what the statement returned; records the chunk's results for
-/// `(tenant, batch_id, chunk_index)`; and commits.
+/// A chunk of a batch, and what its transaction records about the batch besides its customers.
+#[derive(Clone, Copy)]
+pub struct Chunk<'a> {
+    pub tenant: &'a str,
+    pub batch_id: &'a str,
+    /// Not used before for this batch.
+    pub index: i32,
+    /// The trace context the chunk's events continue.
+    pub trace: Option<&'a outbox::Trace>,
+    /// What the batch id stands for, recorded with the chunk (a no-op if recorded already).
+    pub fingerprint: Option<&'a Fingerprint>,
+    /// For the batch's last chunk: given what the chunk is about to do to its keys, the batch's
+    /// completion, stored with the chunk instead of in a transaction of its own; `None` if the
+    /// batch is to be completed apart.
+    pub complete: Option<Complete<'a>>,
+}
+
+/// Builds a batch's completion from what its last chunk does to each key, or `None` when the
+/// batch is to be completed apart.
+pub type Complete<'a> = &'a (dyn Fn(&[Applied]) -> Option<Completion> + Sync);
+
+/// A completed batch as stored: its dialect, status and reply, serialized.
+pub struct Completion {
+    pub dialect: &'static str,
+    pub status: &'static str,
+    pub reply: String,
+}
+
+/// Whether a chunk completed its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// It was not asked to, or its completion could not be built.
+    No,
+    /// Its reply is stored.
+    Stored,
+    /// Another delivery had completed the batch already: the reply stored then stands.
+    Earlier,
+}
+
+/// What one attempt at a chunk came to.
+pub enum Outcome {
+    /// Written and committed: what the chunk did to each key, in key order, and whether the batch
+    /// was completed with it.
+    Applied(Vec<Applied>, Completed),
+    /// Another transaction created or changed one of the chunk's customers between the chunk's read
+    /// and its write: nothing was written, and the chunk is to be read and written again.
+    Conflict,
+}
+
+/// Inserts new keys, updates changed ones (bumping `version`) and leaves unchanged ones alone; writes
+/// one outbox row holding the events of every insert and real update; records the chunk's results
+/// for `(tenant, batch_id, chunk_index)`; and commits.
+///
+/// The stored customers are read first, outside any transaction; the worker then decides what each
+/// row does and encodes the events, and one statement writes it all, each update only if the
+/// customer is still at the version read (optimistic concurrency). No transaction is open while the
+/// worker works: the statement's transaction commits at once. If another transaction created or
+/// changed one of these customers since the read, the transaction is rolled back and
+/// [`Outcome::Conflict`] returned.
 ///
 /// The caller holds the batch's [`Claim`](super::batches::Claim) and passes only rows whose results
 /// are not recorded yet, under a chunk index not used before.
 ///
-/// `rows` must hold each key once; they are applied in key order so that two chunks touching the same
-/// customers lock them in the same order.
+/// `rows` must hold each key once; they are written in key order so that two chunks touching the
+/// same customers lock them in the same order.
 pub async fn apply_chunk(
     pool: &PgPool,
-    tenant: &str,
-    batch_id: &str,
-    chunk_index: i32,
+    chunk: &Chunk<'_>,
     rows: &[ChunkRow],
     merge: Option<Merge<'_>>,
-    trace: Option<&outbox::Trace>,
-) -> Result<Vec<Applied>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+) -> Result<Outcome, sqlx::Error> {
+    let Chunk {
+        tenant,
+        batch_id,
+        index: chunk_index,
+        trace,
+        fingerprint,
+        complete,
+    } = *chunk;
     let mut order: Vec<&ChunkRow> = rows.iter().collect();
     order.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let keys: Vec<&str> = order.iter().map(|row| row.key.as_str()).collect();
-    let mut merged: Vec<String> = Vec::new();
-    if let Some(merge) = merge {
-        // Locked until commit, so no other change of these customers slips between read and write.
-        let stored: HashMap<String, serde_json::Value> = sqlx::query_as(
-            "SELECT key, data FROM customers WHERE tenant = $1 AND key = ANY($2::text[])
-             ORDER BY key FOR UPDATE",
-        )
-        .bind(tenant)
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        merged = order
+    let stored = read(pool, tenant, &keys, merge.is_some()).await?;
+    fail::fail_point!("chunk-after-read");
+
+    let merged: Vec<String> = match merge {
+        Some(merge) => order
             .iter()
-            .map(|row| match stored.get(&row.key) {
-                Some(current) => merge(current.clone(), row),
-                None => row.data.clone(),
-            })
-            .collect();
-    }
+            .map(
+                |row| match stored.get(&row.key).and_then(|s| s.data.as_ref()) {
+                    Some(current) => merge(current.clone(), row),
+                    None => row.data.clone(),
+                },
+            )
+            .collect(),
+        None => Vec::new(),
+    };
     let data: Vec<&str> = if merge.is_some() {
         merged.iter().map(String::as_str).collect()
     } else {
         order.iter().map(|row| row.data.as_str()).collect()
     };
-    let new_ids: Vec<Uuid> = order.iter().map(|_| Uuid::now_v7()).collect();
     let hashes: Vec<[u8; 16]> = data.iter().map(|document| hash(document)).collect();
+    let same_document = same_documents(pool, tenant, &keys, &data, &stored).await?;
 
-    // One round trip. `same` finds the records identical to their stored customer first, by the
-    // hash of the serialized document (by the document itself for customers stored before hashes
-    // were): they are reported as unchanged without being written at all (an ON CONFLICT update,
-    // even one whose WHERE rejects it, locks the row and so dirties its page). The rest go through
-    // the upsert, whose WHERE still compares documents, so that a document serialized differently
-    // but equal is never a new version.
-    let results: Vec<Upserted> = sqlx::query_as(
-        "WITH input AS (
-             SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::bytea[])
-                 AS t(key, data, new_id, hash)
-         ), same AS (
-             SELECT c.key, c.id, c.version, c.created_at, c.updated_at FROM input i
-             JOIN customers c ON c.tenant = $1 AND c.key = i.key
-             WHERE c.data_hash = i.hash OR (c.data_hash IS NULL AND c.data = i.data::jsonb)
-         ), upserted AS (
-             INSERT INTO customers AS c (id, tenant, key, version, data, data_hash)
-             SELECT new_id, $1, key, 1, data::jsonb, hash FROM input
-             WHERE key NOT IN (SELECT key FROM same)
-             ON CONFLICT (tenant, key) DO UPDATE
-                 SET data = EXCLUDED.data, data_hash = EXCLUDED.data_hash,
-                     version = c.version + 1, updated_at = now()
-                 WHERE c.data IS DISTINCT FROM EXCLUDED.data
-             RETURNING c.key, c.id, c.version, c.created_at, c.updated_at
-         )
-         SELECT key, id, version, true AS written, created_at, updated_at,
-                md5(id::text || ':' || version)::uuid AS event_id
-         FROM upserted
-         UNION ALL
-         SELECT key, id, version, false, created_at, updated_at, NULL FROM same",
-    )
-    .bind(tenant)
-    .bind(&keys)
-    .bind(&data)
-    .bind(&new_ids)
-    .bind(&hashes)
-    .fetch_all(&mut *tx)
-    .await?;
-
-    let events = encode_events(tenant, batch_id, trace, &keys, &data, &results)?;
-    if let Some(events) = events {
-        outbox::insert(&mut tx, tenant, batch_id, trace, &events).await?;
-    }
-    let mut applied: Vec<Applied> = results
-        .into_iter()
-        .map(|row| Applied {
-            action: match (row.written, row.version) {
-                (false, _) => Action::Unchanged,
-                (true, 1) => Action::Created,
-                (true, _) => Action::Updated,
-            },
-            key: row.key,
-            id: row.id,
-            version: row.version,
-        })
-        .collect();
-    if applied.len() < rows.len() {
-        // Rare: a customer that another transaction stored, identical, after this statement's
-        // snapshot was taken. It is reported with that customer's id and version.
-        let seen: HashSet<&str> = applied.iter().map(|a| a.key.as_str()).collect();
-        let unchanged: Vec<&str> = keys.iter().copied().filter(|k| !seen.contains(k)).collect();
-        let stored: Vec<(String, Uuid, i64)> = sqlx::query_as(
-            "SELECT key, id, version FROM customers WHERE tenant = $1 AND key = ANY($2::text[])",
-        )
-        .bind(tenant)
-        .bind(&unchanged)
-        .fetch_all(&mut *tx)
-        .await?;
-        applied.extend(stored.into_iter().map(|(key, id, version)| Applied {
-            key,
+    // Postgres keeps microseconds: the events carry the very time stored.
+    let now = Utc::now().trunc_subsecs(6);
+    let mut applied = Vec::with_capacity(order.len());
+    let mut written = Written::default();
+    for (at, key) in keys.iter().enumerate() {
+        let (id, version, created_at) = match stored.get(*key) {
+            Some(s)
+                if s.hash.as_deref() == Some(&hashes[at][..]) || same_document.contains(key) =>
+            {
+                applied.push(Applied {
+                    key: key.to_string(),
+                    id: s.id,
+                    version: s.version,
+                    action: Action::Unchanged,
+                });
+                continue;
+            }
+            Some(s) => (s.id, s.version + 1, s.created_at),
+            None => (Uuid::now_v7(), 1, now),
+        };
+        written.push(key, data[at], hashes[at], id, version, created_at);
+        applied.push(Applied {
+            key: key.to_string(),
             id,
             version,
-            action: Action::Unchanged,
-        }));
+            action: if version == 1 {
+                Action::Created
+            } else {
+                Action::Updated
+            },
+        });
     }
+    let events = written.encode(tenant, batch_id, trace, now);
+    let completion = complete.and_then(|complete| complete(&applied));
 
-    record_results(&mut tx, tenant, batch_id, chunk_index, &applied).await?;
-    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
-    tx.commit().await?;
-    Ok(applied)
-}
-
-/// Records what the chunk did to each key, as one array per field.
-async fn record_results(
-    conn: &mut PgConnection,
-    tenant: &str,
-    batch_id: &str,
-    chunk_index: i32,
-    applied: &[Applied],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO batch_chunks (tenant, batch_id, chunk_index, keys, ids, versions, actions)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    let mut tx = pool.begin().await?;
+    let (count, stored): (i64, i64) = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::bytea[], $6::bigint[])
+                 AS t(key, data, id, hash, version)
+         ), written AS (
+             INSERT INTO customers AS c
+                 (id, tenant, key, version, data, data_hash, created_at, updated_at)
+             SELECT id, $1, key, version, data::jsonb, hash, $7, $7 FROM input ORDER BY key
+             ON CONFLICT (tenant, key) DO UPDATE
+                 SET data = EXCLUDED.data, data_hash = EXCLUDED.data_hash,
+                     version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+                 WHERE c.id = EXCLUDED.id AND c.version = EXCLUDED.version - 1
+             RETURNING 1
+         ), events AS (
+             INSERT INTO outbox (tenant, batch_id, event_count, body, event_ends, event_ids,
+                                 event_kinds, customer_ids, occurred_at, traceparent, tracestate)
+             SELECT $1, $8, cardinality($16::uuid[]), $14, $15, $16, $17, $18, $7, $19, $20
+             WHERE $14::bytea IS NOT NULL
+         ), fingerprint AS (
+             INSERT INTO batch_fingerprints (tenant, batch_id, dialect, body_sha256)
+             SELECT $1, $8, $22, $23 WHERE $23::bytea IS NOT NULL
+             ON CONFLICT (tenant, batch_id) DO NOTHING
+         ), results AS (
+             INSERT INTO batch_chunks (tenant, batch_id, chunk_index, keys, ids, versions, actions)
+             SELECT $1, $8, $9, $2 || $10::text[], $4 || $11::uuid[], $6 || $12::bigint[],
+                    $13::smallint[] || $21::smallint[]
+             WHERE $24::text IS NULL
+         ), completed AS (
+             INSERT INTO processed_batches (tenant, batch_id, dialect, status, reply)
+             SELECT $1, $8, $25, $26, $24::jsonb WHERE $24::text IS NOT NULL
+             ON CONFLICT (tenant, batch_id) DO NOTHING
+             RETURNING 1
+         ), cleared AS (
+             DELETE FROM batch_chunks WHERE tenant = $1 AND batch_id = $8 AND $24::text IS NOT NULL
+         )
+         SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM completed)",
     )
     .bind(tenant)
+    .bind(&written.keys)
+    .bind(&written.data)
+    .bind(&written.ids)
+    .bind(&written.hashes)
+    .bind(&written.versions)
+    .bind(now)
     .bind(batch_id)
     .bind(chunk_index)
-    .bind(applied.iter().map(|a| a.key.as_str()).collect::<Vec<_>>())
-    .bind(applied.iter().map(|a| a.id).collect::<Vec<_>>())
-    .bind(applied.iter().map(|a| a.version).collect::<Vec<_>>())
-    .bind(
-        applied
-            .iter()
-            .map(|a| action_code(a.action))
-            .collect::<Vec<_>>(),
-    )
-    .execute(conn)
+    .bind(unchanged_column(&applied, |a| a.key.as_str()))
+    .bind(unchanged_column(&applied, |a| a.id))
+    .bind(unchanged_column(&applied, |a| a.version))
+    .bind(written.actions())
+    .bind(events.as_ref().map(|e| &e.body))
+    .bind(events.as_ref().map_or(&[][..], |e| &e.ends[..]))
+    .bind(events.as_ref().map_or(&[][..], |e| &e.ids[..]))
+    .bind(events.as_ref().map_or(&[][..], |e| &e.kinds[..]))
+    .bind(events.as_ref().map_or(&[][..], |e| &e.customer_ids[..]))
+    .bind(trace.map(|t| t.traceparent.as_str()))
+    .bind(trace.and_then(|t| t.tracestate.as_deref()))
+    .bind(vec![
+        action_code(Action::Unchanged);
+        applied.len() - written.keys.len()
+    ])
+    .bind(fingerprint.map(|f| f.dialect.as_str()))
+    .bind(fingerprint.map(|f| &f.body_sha256))
+    .bind(completion.as_ref().map(|c| c.reply.as_str()))
+    .bind(completion.as_ref().map(|c| c.dialect))
+    .bind(completion.as_ref().map(|c| c.status))
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(())
+    if usize::try_from(count).ok() != Some(written.keys.len()) {
+        tx.rollback().await?;
+        return Ok(Outcome::Conflict);
+    }
+    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
+    tx.commit().await?;
+    let completed = match (completion, stored) {
+        (None, _) => Completed::No,
+        (Some(_), 0) => Completed::Earlier,
+        (Some(_), _) => Completed::Stored,
+    };
+    Ok(Outcome::Applied(applied, completed))
+}
+
+/// A stored customer, as a chunk reads it before writing.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    key: String,
+    id: Uuid,
+    version: i64,
+    hash: Option<Vec<u8>>,
+    created_at: DateTime<Utc>,
+    /// Its document, read for a merge only.
+    data: Option<serde_json::Value>,
+}
+
+/// The tenant's stored customers among `keys`, by key.
+async fn read(
+    pool: &PgPool,
+    tenant: &str,
+    keys: &[&str],
+    with_data: bool,
+) -> Result<HashMap<String, Stored>, sqlx::Error> {
+    let rows: Vec<Stored> = sqlx::query_as(
+        "SELECT key, id, version, data_hash AS hash, created_at,
+                CASE WHEN $3 THEN data END AS data
+         FROM customers WHERE tenant = $1 AND key = ANY($2::text[])",
+    )
+    .bind(tenant)
+    .bind(keys)
+    .bind(with_data)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.key.clone(), row)).collect())
+}
+
+/// The keys of customers stored before hashes were (no `data_hash`) whose document equals the
+/// chunk's: compared by Postgres as documents, so that a customer stored by an earlier version is not
+/// given a new version for a document serialized differently but equal. (A hashed customer is
+/// unchanged when its hash is: the worker serializes a customer always the same way.) Usually none
+/// are asked for, and nothing is read.
+async fn same_documents<'k>(
+    pool: &PgPool,
+    tenant: &str,
+    keys: &[&'k str],
+    data: &[&str],
+    stored: &HashMap<String, Stored>,
+) -> Result<HashSet<&'k str>, sqlx::Error> {
+    let (unhashed, documents): (Vec<&str>, Vec<&str>) = keys
+        .iter()
+        .zip(data)
+        .filter(|(key, _)| stored.get(**key).is_some_and(|s| s.hash.is_none()))
+        .map(|(key, document)| (*key, *document))
+        .unzip();
+    if unhashed.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let same: Vec<String> = sqlx::query_scalar(
+        "SELECT c.key FROM UNNEST($2::text[], $3::text[]) AS i(key, data)
+         JOIN customers c ON c.tenant = $1 AND c.key = i.key
+         WHERE c.data = i.data::jsonb",
+    )
+    .bind(tenant)
+    .bind(&unhashed)
+    .bind(&documents)
+    .fetch_all(pool)
+    .await?;
+    Ok(keys
+        .iter()
+        .copied()
+        .filter(|key| same.iter().any(|s| s == key))
+        .collect())
+}
+
+/// The customers a chunk writes, one element per customer in key order, as the statement binds them.
+#[derive(Default)]
+struct Written<'a> {
+    keys: Vec<&'a str>,
+    data: Vec<&'a str>,
+    hashes: Vec<[u8; 16]>,
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    created_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Written<'a> {
+    fn push(
+        &mut self,
+        key: &'a str,
+        document: &'a str,
+        hash: [u8; 16],
+        id: Uuid,
+        version: i64,
+        created_at: DateTime<Utc>,
+    ) {
+        self.keys.push(key);
+        self.data.push(document);
+        self.hashes.push(hash);
+        self.ids.push(id);
+        self.versions.push(version);
+        self.created_at.push(created_at);
+    }
+
+    /// What the chunk records it did to each customer written.
+    fn actions(&self) -> Vec<i16> {
+        self.versions
+            .iter()
+            .map(|&version| {
+                action_code(if version == 1 {
+                    Action::Created
+                } else {
+                    Action::Updated
+                })
+            })
+            .collect()
+    }
+
+    /// The events of the customers written, in key order, all at `now`; `None` when none is.
+    fn encode(
+        &self,
+        tenant: &str,
+        batch_id: &str,
+        trace: Option<&outbox::Trace>,
+        now: DateTime<Utc>,
+    ) -> Option<Encoded> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let bytes = self.data.iter().map(|document| document.len()).sum();
+        let mut encoder = Encoder::new(tenant, batch_id, trace, self.keys.len(), bytes);
+        for at in 0..self.keys.len() {
+            let (id, version) = (self.ids[at], self.versions[at]);
+            encoder.push(&NewEvent {
+                id: event_id(id, version),
+                kind: if version == 1 {
+                    EventType::Created
+                } else {
+                    EventType::Updated
+                },
+                customer_id: id,
+                version,
+                time: now,
+                key: self.keys[at],
+                data: Data::Stored {
+                    created_at: self.created_at[at],
+                    updated_at: now,
+                    document: self.data[at],
+                },
+            });
+        }
+        Some(encoder.finish())
+    }
+}
+
+/// One column of the chunk's results for the customers it left unchanged.
+fn unchanged_column<'a, T>(applied: &'a [Applied], field: impl Fn(&'a Applied) -> T) -> Vec<T> {
+    applied
+        .iter()
+        .filter(|a| a.action == Action::Unchanged)
+        .map(field)
+        .collect()
+}
+
+/// The id of the event that brings customer `id` to `version`: `md5(id || ':' || version)` as a
+/// UUID, stable across redeliveries, so consumers drop duplicates by it.
+fn event_id(id: Uuid, version: i64) -> Uuid {
+    Uuid::from_bytes(Md5::digest(format!("{id}:{version}")).into())
 }
 
 /// How `batch_chunks.actions` stores what a chunk did to a key.
@@ -204,7 +432,7 @@ fn action_code(action: Action) -> i16 {
     }
 }
 
-/// The results a chunk recorded, from the arrays [`record_results`] wrote.
+/// The results a chunk recorded, from the arrays [`apply_chunk`] wrote.
 pub(super) fn recorded(
     keys: Vec<String>,
     ids: Vec<Uuid>,
@@ -239,70 +467,6 @@ pub(super) fn recorded(
             })
         })
         .collect()
-}
-
-/// One row of the chunk statement: a customer written (inserted or changed) or found unchanged.
-#[derive(sqlx::FromRow)]
-struct Upserted {
-    key: String,
-    id: Uuid,
-    version: i64,
-    written: bool,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    /// Of a written customer: its event's id, `md5(id || ':' || version)`, as every event's id.
-    event_id: Option<Uuid>,
-}
-
-/// The events of the customers the chunk wrote, in key order (`keys` and `data` are), or `None`
-/// when it wrote none. `keys` is sorted.
-fn encode_events(
-    tenant: &str,
-    batch_id: &str,
-    trace: Option<&outbox::Trace>,
-    keys: &[&str],
-    data: &[&str],
-    results: &[Upserted],
-) -> Result<Option<Encoded>, sqlx::Error> {
-    let mut written: Vec<(&Upserted, Uuid, &str)> = results
-        .iter()
-        .filter(|row| row.written)
-        .map(|row| {
-            let at = keys.binary_search(&row.key.as_str()).ok();
-            match (row.event_id, at) {
-                (Some(event_id), Some(at)) => Ok((row, event_id, data[at])),
-                _ => Err(sqlx::Error::Protocol(
-                    "the upsert returned a customer without its event id or its chunk's key".into(),
-                )),
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    if written.is_empty() {
-        return Ok(None);
-    }
-    written.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key));
-    let bytes = written.iter().map(|(_, _, document)| document.len()).sum();
-    let mut encoder = Encoder::new(tenant, batch_id, trace, written.len(), bytes);
-    for (row, event_id, document) in written {
-        encoder.push(&NewEvent {
-            id: event_id,
-            kind: if row.version == 1 {
-                EventType::Created
-            } else {
-                EventType::Updated
-            },
-            customer_id: row.id,
-            version: row.version,
-            time: row.updated_at,
-            key: &row.key,
-            data: Data::Stored {
-                created_at: row.created_at,
-                updated_at: row.updated_at,
-                document,
-            },
-        });
-    }
-    Ok(Some(encoder.finish()))
 }
 
 /// The first 16 bytes of the SHA-256 of a serialized customer document: what `customers.data_hash`

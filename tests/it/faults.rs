@@ -37,13 +37,19 @@ async fn assert_customers_at_version(app: &TestApp, tenant: &str, n: usize, vers
 /// Stops a worker process at `failpoint` during a three-chunk batch, restarts it, and checks that
 /// nothing was lost or applied twice.
 async fn a_worker_killed_at(failpoint: &str) {
+    a_worker_killed_by(&format!("{failpoint}=return")).await;
+}
+
+/// As [`a_worker_killed_at`], with the failure points set as `FAILPOINTS` sets them (e.g.
+/// `chunk-before-commit=2*off->return`: at the third chunk, the batch's last).
+async fn a_worker_killed_by(failpoints: &str) {
     failpoints_compiled_in();
     let mut app = TestApp::without_worker(|s| s.pipeline.chunk_size = 50).await;
     let body = customers_body("K", 150, "Customer");
     app.publish(Message::upsert(&body, "acme", "crash-batch"))
         .await;
 
-    let mut crashing = spawn_worker_process(&app.settings, Some(&format!("{failpoint}=return")));
+    let mut crashing = spawn_worker_process(&app.settings, Some(failpoints));
     let status = tokio::time::timeout(PATIENCE, crashing.wait())
         .await
         .expect("the worker stops at the failure point")
@@ -51,7 +57,7 @@ async fn a_worker_killed_at(failpoint: &str) {
     assert_eq!(
         status.signal(),
         Some(6),
-        "stopped on the spot at {failpoint}"
+        "stopped on the spot at {failpoints}"
     );
 
     let mut worker = spawn_worker_process(&app.settings, None);
@@ -100,6 +106,16 @@ async fn a_worker_killed_before_a_chunk_commits_loses_nothing() {
 #[tokio::test]
 async fn a_worker_killed_after_a_chunk_commits_applies_nothing_twice() {
     a_worker_killed_at("chunk-after-commit").await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_before_the_last_chunk_and_the_completion_commit_loses_nothing() {
+    a_worker_killed_by("chunk-before-commit=2*off->return").await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_after_the_last_chunk_and_the_completion_commit_still_replies() {
+    a_worker_killed_by("chunk-after-commit=2*off->return").await;
 }
 
 #[tokio::test]

@@ -159,3 +159,117 @@ async fn a_tenant_or_batch_id_that_is_not_a_plain_name_is_rejected_before_anythi
     assert_eq!(reply.counts.created, 1);
     direct.finish().await;
 }
+
+/// Each customer's events in the outbox, as (key, version) pairs in publishing order.
+async fn outbox_versions(pool: &PgPool) -> Vec<(String, i64)> {
+    let bodies: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM outbox ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    bodies
+        .iter()
+        .flat_map(|body| serde_json::from_slice::<Vec<serde_json::Value>>(body).unwrap())
+        .map(|event| {
+            (
+                event["data"]["key"].as_str().unwrap().to_owned(),
+                event["customerversion"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_change_made_between_a_chunks_read_and_its_write_is_detected_and_the_chunk_redone() {
+    crate::helpers::failpoints_compiled_in();
+    let direct = Direct::new().await;
+    let dialect = Some("upsert-by-customer-id");
+    direct
+        .ingest
+        .process(
+            &envelope("first", Some("acme"), dialect),
+            &customers_body("K", 2, "Customer"),
+        )
+        .await
+        .unwrap();
+
+    // Once, while a chunk sits between its read and its write, another worker updates K-0 and K-1
+    // and creates K-2 in a transaction of its own.
+    let settings = direct.settings.clone();
+    let once = std::sync::atomic::AtomicBool::new(false);
+    fail::cfg_callback("chunk-after-read", move || {
+        if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let settings = settings.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let pool = PgPool::connect(settings.database.url()).await.unwrap();
+                let metrics = Metrics::new();
+                let other = Ingest::new(
+                    pool.clone(),
+                    settings.pipeline.clone(),
+                    settings.database.retry_budget(),
+                    metrics.clone(),
+                    Health::new(metrics),
+                    Arc::new(Notify::new()),
+                );
+                let reply = other
+                    .process(
+                        &envelope("elsewhere", Some("acme"), Some("upsert-by-customer-id")),
+                        &customers_body("K", 3, "Elsewhere"),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(reply.counts.updated, 2);
+                assert_eq!(reply.counts.created, 1);
+                pool.close().await;
+            })
+        })
+        .join()
+        .unwrap();
+    })
+    .unwrap();
+
+    let reply = direct
+        .ingest
+        .process(
+            &envelope("renamed", Some("acme"), dialect),
+            &customers_body("K", 3, "Renamed"),
+        )
+        .await
+        .unwrap();
+    fail::remove("chunk-after-read");
+    assert_eq!(reply.status, BatchStatus::Completed);
+    assert!(reply.records.iter().all(|r| r.action == Action::Updated));
+    let versions: Vec<i64> = reply.records.iter().map(|r| r.version.unwrap()).collect();
+    assert_eq!(
+        versions,
+        [3, 3, 2],
+        "written over the other worker's change"
+    );
+
+    let stored: Vec<(String, i64, serde_json::Value)> =
+        sqlx::query_as("SELECT key, version, data FROM customers ORDER BY key")
+            .fetch_all(&direct.pool)
+            .await
+            .unwrap();
+    for (key, version, data) in &stored {
+        let i = &key[2..];
+        assert_eq!(
+            data["name"],
+            format!("Renamed {i}"),
+            "{key} keeps the last change"
+        );
+        assert_eq!(*version, if key == "K-2" { 2 } else { 3 });
+    }
+    // One event per version, each customer's in version order.
+    let mut events = outbox_versions(&direct.pool).await;
+    events.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, i64)> = [("K-0", 1), ("K-0", 2), ("K-0", 3), ("K-1", 1), ("K-1", 2)]
+        .into_iter()
+        .chain([("K-1", 3), ("K-2", 1), ("K-2", 2)])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(events, expected);
+    direct.finish().await;
+}
