@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::report::{Phase, round};
 
-/// What issue 11 asks, for 1,000-customer messages on a 2-core machine shared with RabbitMQ and
+/// The performance targets, for 1,000-customer messages on a 2-core machine shared with RabbitMQ and
 /// Postgres.
 const POSTGRES_INSERT_X_COPY: f64 = 2.5;
 const POSTGRES_UPDATE_X_COPY: f64 = 3.0;
