@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgExecutor, PgPool, Postgres};
 
 use super::customers::{self, Applied};
 use uuid::Uuid;
@@ -124,9 +124,10 @@ pub async fn fingerprint(
     }))
 }
 
-/// Records what the batch id stands for, before anything of it is applied (a no-op if recorded).
-pub async fn record_fingerprint(
-    pool: &PgPool,
+/// Records what the batch id stands for, before anything of it is applied (a no-op if recorded),
+/// on its own or within the transaction of `executor`.
+pub async fn record_fingerprint<'e>(
+    executor: impl PgExecutor<'e>,
     tenant: &str,
     batch_id: &str,
     fingerprint: &Fingerprint,
@@ -139,7 +140,7 @@ pub async fn record_fingerprint(
     .bind(batch_id)
     .bind(&fingerprint.dialect)
     .bind(&fingerprint.body_sha256)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -158,10 +159,9 @@ pub async fn completed_reply(
 }
 
 /// Records the batch as completed with `reply` (and its fingerprint, when no chunk of it did), and
-/// drops its per-chunk results. Returns `None` when
-/// `reply` was stored; if the batch was completed already, the reply stored then wins and is
-/// returned, so every reply of one batch carries the same body. (Under a [`Claim`] that cannot
-/// happen; it stays true without one.)
+/// drops its per-chunk results. Returns `None` when `reply` was stored; if the batch was completed
+/// already, the reply stored then wins and is returned, so every reply of one batch carries the
+/// same body. (Under a [`Claim`] that cannot happen; it stays true without one.)
 pub async fn complete(
     pool: &PgPool,
     tenant: &str,
@@ -171,16 +171,7 @@ pub async fn complete(
     reply: &(impl serde::Serialize + Sync),
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO batch_fingerprints (tenant, batch_id, dialect, body_sha256)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, batch_id) DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(batch_id)
-    .bind(&fingerprint.dialect)
-    .bind(&fingerprint.body_sha256)
-    .execute(&mut *tx)
-    .await?;
+    record_fingerprint(&mut *tx, tenant, batch_id, fingerprint).await?;
     let inserted = sqlx::query(
         "INSERT INTO processed_batches (tenant, batch_id, dialect, status, reply)
          VALUES ($1, $2, $3, $4, $5)

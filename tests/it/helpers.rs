@@ -97,6 +97,35 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// A connection and a confirming channel on which the settings' topology is declared, as the
+/// service declares it. A quorum queue the broker could not start in time (`cluster_not_formed`, seen
+/// when the machine is overloaded; the service reconnects and declares again) is tried again twice;
+/// any other error fails the test.
+async fn declare_topology(settings: &Settings) -> (Connection, Channel) {
+    for attempt in 1.. {
+        let connection =
+            customer_ingest::amqp::connection::connect_once(&settings.amqp, "ingest-tests")
+                .await
+                .expect("RabbitMQ answers on 127.0.0.1:5672 (scripts/test.sh starts it)");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        match customer_ingest::amqp::topology::declare(&channel, &settings.amqp).await {
+            Ok(()) => return (connection, channel),
+            Err(error) if attempt < 3 && format!("{error:#}").contains("cluster_not_formed") => {
+                eprintln!(
+                    "the broker could not start a quorum queue in time; declaring again: {error:#}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => panic!("the topology is declared: {error:?}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
@@ -122,18 +151,7 @@ impl TestApp {
             .expect("the test database is created: is Postgres running on 127.0.0.1:5432? (scripts/test.sh starts it)");
 
         // As the service connects (over TLS with its CA when the settings say so).
-        let connection =
-            customer_ingest::amqp::connection::connect_once(&settings.amqp, "ingest-tests")
-                .await
-                .expect("RabbitMQ answers on 127.0.0.1:5672 (scripts/test.sh starts it)");
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        customer_ingest::amqp::topology::declare(&channel, &settings.amqp)
-            .await
-            .expect("the topology is declared");
+        let (connection, channel) = declare_topology(&settings).await;
         // Named apart from the service's connections, which some tests kill on purpose.
         let options: sqlx::postgres::PgConnectOptions = settings.database.url().parse().unwrap();
         let pool = PgPool::connect_with(options.application_name("ingest-tests"))

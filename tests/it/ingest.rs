@@ -21,6 +21,19 @@ struct Direct {
     settings: Settings,
 }
 
+/// An `Ingest` on `pool` with the settings' pipeline and retry budget, as the worker builds it.
+fn ingest_on(pool: &PgPool, settings: &Settings) -> Ingest {
+    let metrics = Metrics::new();
+    Ingest::new(
+        pool.clone(),
+        settings.pipeline.clone(),
+        settings.database.retry_budget(),
+        metrics.clone(),
+        Health::new(metrics),
+        Arc::new(Notify::new()),
+    )
+}
+
 impl Direct {
     async fn new() -> Self {
         let settings = test_settings();
@@ -30,15 +43,7 @@ impl Direct {
         let pool = PgPool::connect(settings.database.url())
             .await
             .expect("the test database is reachable");
-        let metrics = Metrics::new();
-        let ingest = Ingest::new(
-            pool.clone(),
-            settings.pipeline.clone(),
-            settings.database.retry_budget(),
-            metrics.clone(),
-            Health::new(metrics),
-            Arc::new(Notify::new()),
-        );
+        let ingest = ingest_on(&pool, &settings);
         Direct {
             ingest,
             pool,
@@ -204,15 +209,7 @@ async fn a_change_made_between_a_chunks_read_and_its_write_is_detected_and_the_c
         std::thread::spawn(move || {
             tokio::runtime::Runtime::new().unwrap().block_on(async {
                 let pool = PgPool::connect(settings.database.url()).await.unwrap();
-                let metrics = Metrics::new();
-                let other = Ingest::new(
-                    pool.clone(),
-                    settings.pipeline.clone(),
-                    settings.database.retry_budget(),
-                    metrics.clone(),
-                    Health::new(metrics),
-                    Arc::new(Notify::new()),
-                );
+                let other = ingest_on(&pool, &settings);
                 let reply = other
                     .process(
                         &envelope("elsewhere", Some("acme"), Some("upsert-by-customer-id")),
