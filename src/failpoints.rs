@@ -5,7 +5,7 @@
 //! | point | where |
 //! | --- | --- |
 //! | `chunk-after-read` | a chunk read its stored customers, nothing of it is written |
-//! | `chunk-before-commit` | a chunk is written but its transaction not committed |
+//! | `chunk-before-commit` | a chunk's events are encoded, its statement (its own transaction) not sent |
 //! | `chunk-after-commit` | a chunk committed, the next one not started |
 //! | `batch-before-reply` | the batch is stored as completed, its reply not published |
 //! | `batch-before-ack` | the reply is confirmed, the delivery not acknowledged |

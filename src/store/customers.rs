@@ -90,9 +90,9 @@ pub enum Outcome {
 /// The stored customers are read first, outside any transaction; the worker then decides what each
 /// row does and encodes the events, and one statement writes it all, each update only if the
 /// customer is still at the version read (optimistic concurrency). No transaction is open while the
-/// worker works: the statement's transaction commits at once. If another transaction created or
-/// changed one of these customers since the read, the transaction is rolled back and
-/// [`Outcome::Conflict`] returned.
+/// worker works: the statement is its own transaction. If another transaction created or changed one
+/// of these customers since the read, the statement fails its own check, which undoes all of it, and
+/// [`Outcome::Conflict`] is returned.
 ///
 /// The caller holds the batch's [`Claim`](super::batches::Claim) and passes only rows whose results
 /// are not recorded yet, under a chunk index not used before.
@@ -174,8 +174,10 @@ pub async fn apply_chunk(
     let events = written.encode(tenant, batch_id, trace, now);
     let completion = complete.and_then(|complete| complete(&applied));
 
-    let mut tx = pool.begin().await?;
-    let (count, stored): (i64, i64) = sqlx::query_as(
+    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
+    let written_count = written.keys.len() as i64;
+    // One statement, committed on its own: no transaction is open between statements.
+    let result: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::bytea[], $6::bigint[])
                  AS t(key, data, id, hash, version)
@@ -210,7 +212,8 @@ pub async fn apply_chunk(
          ), cleared AS (
              DELETE FROM batch_chunks WHERE tenant = $1 AND batch_id = $8 AND $24::text IS NOT NULL
          )
-         SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM completed)",
+         SELECT customer_ingest_chunk_written((SELECT count(*) FROM written), $27),
+                (SELECT count(*) FROM completed)",
     )
     .bind(tenant)
     .bind(&written.keys)
@@ -241,14 +244,18 @@ pub async fn apply_chunk(
     .bind(completion.as_ref().map(|c| c.reply.as_str()))
     .bind(completion.as_ref().map(|c| c.dialect))
     .bind(completion.as_ref().map(|c| c.status))
-    .fetch_one(&mut *tx)
-    .await?;
-    if usize::try_from(count).ok() != Some(written.keys.len()) {
-        tx.rollback().await?;
-        return Ok(Outcome::Conflict);
-    }
-    fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
-    tx.commit().await?;
+    .bind(written_count)
+    .fetch_one(pool)
+    .await;
+    let stored = match result {
+        Ok((_, stored)) => stored,
+        // Raised by the statement's own check, which undid it (see the migration that defines
+        // `customer_ingest_chunk_written`); a real serialization failure is handled the same way.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("40001") => {
+            return Ok(Outcome::Conflict);
+        }
+        Err(error) => return Err(error),
+    };
     let completed = match (completion, stored) {
         (None, _) => Completed::No,
         (Some(_), 0) => Completed::Earlier,
