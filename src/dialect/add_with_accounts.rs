@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::text::{Checker, MAX_TEXT_CHARS, decode_error};
+use super::text::{Checker, MAX_TEXT_CHARS, decode_record};
 use super::{Dialect, Keying, Limits, Rejection, raw_records};
 use crate::codes::FieldCode;
 use crate::model::{
@@ -247,10 +247,9 @@ fn one_of(check: &mut Checker, field: &str, value: String, allowed: &[&str]) -> 
 }
 
 fn parse_record(index: usize, raw: &str) -> ParsedRecord {
-    let mut deserializer = serde_json::Deserializer::from_str(raw);
-    let record: Record = match serde_path_to_error::deserialize(&mut deserializer) {
+    let record: Record = match decode_record(raw) {
         Ok(record) => record,
-        Err(error) => return ParsedRecord::new(index, None, Err(vec![decode_error(error)])),
+        Err(error) => return ParsedRecord::new(index, None, Err(vec![error])),
     };
     let mut check = Checker::default();
     let name = check.required_text("name", record.name, MAX_TEXT_CHARS);

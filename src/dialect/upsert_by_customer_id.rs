@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
+use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_record};
 use super::{Dialect, Keying, Limits, Rejection, Split, raw_records};
 use crate::model::{Action, Address, Customer, OrderingGroup, ParsedRecord, RecordResult};
 
@@ -108,15 +108,14 @@ impl Dialect for UpsertByCustomerId {
 }
 
 fn parse_record(index: usize, raw: &str) -> ParsedRecord {
-    let mut deserializer = serde_json::Deserializer::from_str(raw);
-    let record: Record = match serde_path_to_error::deserialize(&mut deserializer) {
+    let record: Record = match decode_record(raw) {
         Ok(record) => record,
         Err(error) => {
             let key = serde_json::from_str::<KeyOnly>(raw)
                 .ok()
                 .and_then(|k| k.customer_id)
                 .map(|k| k.trim().to_owned());
-            return ParsedRecord::new(index, key, Err(vec![decode_error(error)]));
+            return ParsedRecord::new(index, key, Err(vec![error]));
         }
     };
     let mut check = Checker::default();

@@ -185,19 +185,23 @@ impl Ingest {
             dialect: dialect.name().to_owned(),
             body_sha256: Sha256::digest(body).to_vec(),
         };
-        let recorded = budget
-            .run(|| batches::fingerprint(&self.pool, tenant, &envelope.batch_id))
+        // What an earlier delivery left: the fingerprint, the stored reply of a completed batch, and
+        // what the chunks of an unfinished one applied before it stopped.
+        let batches::Earlier {
+            fingerprint: recorded_fingerprint,
+            reply: stored,
+            recorded,
+            next_chunk,
+        } = budget
+            .run(|| batches::earlier(&self.pool, tenant, &envelope.batch_id))
             .await?;
-        if recorded.is_some_and(|recorded| recorded != fingerprint) {
+        if recorded_fingerprint.is_some_and(|recorded| recorded != fingerprint) {
             return Err(BatchError::Rejected(Rejection::new(
                 RejectionCode::MessageIdReused,
                 "this message_id was used before by this tenant for another body or dialect; \
                  a new batch needs a new message_id",
             )));
         }
-        let stored = budget
-            .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
-            .await?;
         if let Some(stored) = stored {
             tracing::info!("batch already completed; sending its reply again");
             // A reply this version cannot read is our fault, not the producer's: the message is
@@ -245,10 +249,6 @@ impl Ingest {
             Some(&fingerprint)
         };
 
-        // What an earlier delivery of this batch applied before it stopped, found by key.
-        let (recorded, next_chunk) = budget
-            .run(|| batches::recorded_results(&self.pool, tenant, &envelope.batch_id))
-            .await?;
         let read::Prepared {
             rows,
             outline,

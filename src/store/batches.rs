@@ -71,33 +71,6 @@ impl Drop for Claim {
     }
 }
 
-/// What the chunks of an unfinished batch recorded, by key, and the next free chunk index. Results
-/// are found by key, never by position: a redelivery whose records fall into other chunks (a
-/// reference now valid, a changed `pipeline.chunk_size`) still finds what was applied.
-pub async fn recorded_results(
-    pool: &PgPool,
-    tenant: &str,
-    batch_id: &str,
-) -> Result<(HashMap<String, Applied>, i32), sqlx::Error> {
-    #[allow(clippy::type_complexity)]
-    let chunks: Vec<(i32, Vec<String>, Vec<Uuid>, Vec<i64>, Vec<i16>)> = sqlx::query_as(
-        "SELECT chunk_index, keys, ids, versions, actions FROM batch_chunks
-         WHERE tenant = $1 AND batch_id = $2",
-    )
-    .bind(tenant)
-    .bind(batch_id)
-    .fetch_all(pool)
-    .await?;
-    let next = chunks.iter().map(|chunk| chunk.0 + 1).max().unwrap_or(0);
-    let mut recorded = HashMap::new();
-    for (_, keys, ids, versions, actions) in chunks {
-        for applied in customers::recorded(keys, ids, versions, actions)? {
-            recorded.insert(applied.key.clone(), applied);
-        }
-    }
-    Ok((recorded, next))
-}
-
 /// What a batch id stood for when it was first applied: its dialect and the SHA-256 of its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -105,23 +78,70 @@ pub struct Fingerprint {
     pub body_sha256: Vec<u8>,
 }
 
-/// The fingerprint recorded for the batch, if it was ever applied.
-pub async fn fingerprint(
-    pool: &PgPool,
-    tenant: &str,
-    batch_id: &str,
-) -> Result<Option<Fingerprint>, sqlx::Error> {
-    let row: Option<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT dialect, body_sha256 FROM batch_fingerprints WHERE tenant = $1 AND batch_id = $2",
+/// What a delivery finds of its batch id before it applies anything, read in one query.
+pub struct Earlier {
+    /// What the batch id stood for when it was first applied, if it was.
+    pub fingerprint: Option<Fingerprint>,
+    /// The stored reply, if the batch completed.
+    pub reply: Option<serde_json::Value>,
+    /// What the chunks of an unfinished batch recorded, by key. Results are found by key, never by
+    /// position: a redelivery whose records fall into other chunks (a reference now valid, a changed
+    /// `pipeline.chunk_size`) still finds what was applied.
+    pub recorded: HashMap<String, Applied>,
+    /// The next free chunk index.
+    pub next_chunk: i32,
+}
+
+/// Reads what an earlier delivery left of the batch: its fingerprint, its stored reply and its
+/// chunks' results.
+pub async fn earlier(pool: &PgPool, tenant: &str, batch_id: &str) -> Result<Earlier, sqlx::Error> {
+    #[allow(clippy::type_complexity)]
+    let (dialect, body_sha256, reply, next_chunk, keys, ids, versions, actions): (
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<serde_json::Value>,
+        i32,
+        Option<Vec<String>>,
+        Option<Vec<Uuid>>,
+        Option<Vec<i64>>,
+        Option<Vec<i16>>,
+    ) = sqlx::query_as(
+        "SELECT f.dialect, f.body_sha256, p.reply,
+                (SELECT coalesce(max(chunk_index) + 1, 0) FROM batch_chunks
+                 WHERE tenant = $1 AND batch_id = $2) AS next_chunk,
+                r.keys, r.ids, r.versions, r.actions
+         FROM (SELECT array_agg(u.key) AS keys, array_agg(u.id) AS ids,
+                      array_agg(u.version) AS versions, array_agg(u.action) AS actions
+               FROM batch_chunks c,
+                    unnest(c.keys, c.ids, c.versions, c.actions) AS u(key, id, version, action)
+               WHERE c.tenant = $1 AND c.batch_id = $2) AS r
+         LEFT JOIN batch_fingerprints f ON f.tenant = $1 AND f.batch_id = $2
+         LEFT JOIN processed_batches p ON p.tenant = $1 AND p.batch_id = $2",
     )
     .bind(tenant)
     .bind(batch_id)
-    .fetch_optional(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(row.map(|(dialect, body_sha256)| Fingerprint {
-        dialect,
-        body_sha256,
-    }))
+    let recorded = customers::recorded(
+        keys.unwrap_or_default(),
+        ids.unwrap_or_default(),
+        versions.unwrap_or_default(),
+        actions.unwrap_or_default(),
+    )?;
+    Ok(Earlier {
+        fingerprint: dialect
+            .zip(body_sha256)
+            .map(|(dialect, body_sha256)| Fingerprint {
+                dialect,
+                body_sha256,
+            }),
+        reply,
+        recorded: recorded
+            .into_iter()
+            .map(|applied| (applied.key.clone(), applied))
+            .collect(),
+        next_chunk,
+    })
 }
 
 /// Records what the batch id stands for, before anything of it is applied (a no-op if recorded),

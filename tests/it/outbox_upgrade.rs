@@ -145,9 +145,11 @@ async fn chunk_results_recorded_in_the_old_format_are_found_after_the_upgrade() 
     .unwrap();
     let pool = upgrade(&settings, pool).await;
 
-    let (recorded, next) = batches::recorded_results(&pool, "acme", "b-1")
-        .await
-        .unwrap();
+    let batches::Earlier {
+        recorded,
+        next_chunk: next,
+        ..
+    } = batches::earlier(&pool, "acme", "b-1").await.unwrap();
     assert_eq!(next, 4);
     assert_eq!(recorded.len(), 2);
     assert_eq!(

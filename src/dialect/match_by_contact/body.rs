@@ -12,7 +12,7 @@ use super::normalize::{
     resolve_state,
 };
 use crate::codes::{FieldCode, RejectionCode};
-use crate::dialect::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
+use crate::dialect::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_record};
 use crate::dialect::{Limits, Rejection, check_record_count, invalid_body};
 use crate::matching::Rules;
 use crate::model::{Address, Customer, FieldError, ParsedRecord};
@@ -138,10 +138,9 @@ fn body_error(body: &str, error: &serde_json::Error) -> Rejection {
 }
 
 fn parse_record(index: usize, raw: &str) -> ParsedRecord {
-    let mut deserializer = serde_json::Deserializer::from_str(raw);
-    let record: Record = match serde_path_to_error::deserialize(&mut deserializer) {
+    let record: Record = match decode_record(raw) {
         Ok(record) => record,
-        Err(error) => return ParsedRecord::new(index, None, Err(vec![decode_error(error)])),
+        Err(error) => return ParsedRecord::new(index, None, Err(vec![error])),
     };
     let mut check = Checker::default();
     let mut kept = BTreeMap::new();

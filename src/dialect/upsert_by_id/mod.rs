@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use self::addresses::{RawAddress, addresses, merge_addresses};
 use self::attributes::{RawAttribute, attributes, merge_attributes};
-use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_error};
+use super::text::{Checker, MAX_KEY_CHARS, MAX_TEXT_CHARS, decode_record};
 use super::{Dialect, Keying, Limits, Merge, Rejection, customers_member};
 use crate::codes::FieldCode;
 use crate::model::{
@@ -160,14 +160,13 @@ fn identifier(check: &mut Checker, field: &str, value: Option<Value>) -> Option<
 }
 
 fn parse_record(index: usize, raw: &str) -> ParsedRecord {
-    let mut deserializer = serde_json::Deserializer::from_str(raw);
-    let record: Record = match serde_path_to_error::deserialize(&mut deserializer) {
+    let record: Record = match decode_record(raw) {
         Ok(record) => record,
         Err(error) => {
             let key = serde_json::from_str::<IdOnly>(raw)
                 .ok()
                 .and_then(|r| identifier(&mut Checker::default(), "id", r.id));
-            return ParsedRecord::new(index, key, Err(vec![decode_error(error)]));
+            return ParsedRecord::new(index, key, Err(vec![error]));
         }
     };
     let mut check = Checker::default();
