@@ -56,6 +56,9 @@ pub struct Encoder<'a> {
     batch_id: &'a str,
     trace: Option<&'a Trace>,
     encoded: Encoded,
+    /// The last time written and its JSON: a chunk's events share their time (and a new customer's
+    /// creation time), which is formatted once, not three times an event.
+    time: Option<(DateTime<Utc>, String)>,
 }
 
 impl<'a> Encoder<'a> {
@@ -81,63 +84,77 @@ impl<'a> Encoder<'a> {
                 customer_ids: Vec::with_capacity(events),
                 time: None,
             },
+            time: None,
         }
+    }
+
+    /// `time` as JSON (a quoted RFC 3339 string, as chrono writes it).
+    fn time_json(&mut self, time: DateTime<Utc>) -> &str {
+        let stale = self.time.as_ref().is_none_or(|(at, _)| *at != time);
+        if stale {
+            let json = serde_json::to_string(&time).expect("a time serializes");
+            self.time = Some((time, json));
+        }
+        &self.time.as_ref().expect("set above").1
     }
 
     /// Appends one event.
     pub fn push(&mut self, event: &NewEvent<'_>) {
-        let out = &mut self.encoded;
-        if !out.ids.is_empty() {
-            out.body.push(b',');
+        let (tenant, batch_id, trace) = (self.tenant, self.batch_id, self.trace);
+        let mut body = std::mem::take(&mut self.encoded.body);
+        if !self.encoded.ids.is_empty() {
+            body.push(b',');
         }
         let envelope = Envelope {
             specversion: SPEC_VERSION,
             id: event.id,
-            source: self.tenant,
+            source: tenant,
             kind: event.kind,
             subject: event.customer_id,
-            time: event.time,
+            time: RawTime(self.time_json(event.time)),
             datacontenttype: DATA_CONTENT_TYPE,
-            tenant: self.tenant,
+            tenant,
             customerversion: event.version,
-            batchid: self.batch_id,
-            traceparent: self.trace.map(|t| t.traceparent.as_str()),
-            tracestate: self.trace.and_then(|t| t.tracestate.as_deref()),
+            batchid: batch_id,
+            traceparent: trace.map(|t| t.traceparent.as_str()),
+            tracestate: trace.and_then(|t| t.tracestate.as_deref()),
         };
-        write_open(&mut out.body, &envelope);
-        out.body.extend_from_slice(b",\"data\":");
+        write_open(&mut body, &envelope);
+        body.extend_from_slice(b",\"data\":");
         let head = Head {
             id: event.customer_id,
-            tenant: self.tenant,
+            tenant,
             key: event.key,
             version: event.version,
         };
-        write_open(&mut out.body, &head);
+        write_open(&mut body, &head);
         match &event.data {
             Data::Stored {
                 created_at,
                 updated_at,
                 document,
             } => {
-                out.body.extend_from_slice(b",\"createdAt\":");
-                serde_json::to_writer(&mut out.body, created_at).expect("a time serializes");
-                out.body.extend_from_slice(b",\"updatedAt\":");
-                serde_json::to_writer(&mut out.body, updated_at).expect("a time serializes");
+                body.extend_from_slice(b",\"createdAt\":");
+                body.extend_from_slice(self.time_json(*created_at).as_bytes());
+                body.extend_from_slice(b",\"updatedAt\":");
+                body.extend_from_slice(self.time_json(*updated_at).as_bytes());
                 // The document's fields follow, with its closing brace.
                 let fields = document.trim();
                 let fields = fields.strip_prefix('{').unwrap_or(fields);
                 if fields != "}" {
-                    out.body.push(b',');
+                    body.push(b',');
                 }
-                out.body.extend_from_slice(fields.as_bytes());
+                body.extend_from_slice(fields.as_bytes());
             }
             Data::Deleted => {
-                out.body.extend_from_slice(b",\"deletedAt\":");
-                serde_json::to_writer(&mut out.body, &event.time).expect("a time serializes");
-                out.body.push(b'}');
+                body.extend_from_slice(b",\"deletedAt\":");
+                body.extend_from_slice(self.time_json(event.time).as_bytes());
+                body.push(b'}');
             }
         }
-        out.body.push(b'}');
+        body.push(b'}');
+        let out = &mut self.encoded;
+        out.body = body;
         out.ends
             .push(i32::try_from(out.body.len()).expect("an outbox row holds under 2 GiB"));
         out.ids.push(event.id);
@@ -176,7 +193,7 @@ struct Envelope<'a> {
     kind: EventType,
     /// The customer's id.
     subject: Uuid,
-    time: DateTime<Utc>,
+    time: RawTime<'a>,
     datacontenttype: &'static str,
     tenant: &'a str,
     /// The customer's version this event brings it to: per customer, events come in its order.
@@ -188,6 +205,16 @@ struct Envelope<'a> {
     traceparent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tracestate: Option<&'a str>,
+}
+
+/// A time already written as JSON.
+struct RawTime<'a>(&'a str);
+
+impl Serialize for RawTime<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The JSON of a time is a string without escapes: its text between the quotes.
+        serializer.serialize_str(&self.0[1..self.0.len() - 1])
+    }
 }
 
 /// The first fields of `data`: which customer, at which version.

@@ -191,6 +191,16 @@ fn tenant_source<S: Serializer>(tenant: &&str, serializer: S) -> Result<S::Ok, S
 mod tests {
     use super::*;
 
+    /// When the `i`th customer of a test chunk at `now` was created: the first one now, the
+    /// others a day before.
+    fn created_at(now: DateTime<Utc>, i: usize) -> DateTime<Utc> {
+        if i == 0 {
+            now
+        } else {
+            now - chrono::Duration::days(1)
+        }
+    }
+
     fn chunk(events: usize) -> PendingChunk {
         let documents: Vec<String> = (0..events)
             .map(|i| format!(r#"{{"name":"N-{i}","extra":{{"a":"{i}"}}}}"#))
@@ -211,7 +221,7 @@ mod tests {
                 time: now,
                 key: &keys[i],
                 data: Data::Stored {
-                    created_at: now,
+                    created_at: created_at(now, i),
                     updated_at: now,
                     document,
                 },
@@ -257,13 +267,17 @@ mod tests {
         assert_eq!(body["batchid"], "b-1");
         let time = body["time"].as_str().unwrap();
         assert!(DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+        assert_eq!(body["time"], serde_json::json!(chunk.occurred_at));
         assert_eq!(
             body["data"],
             serde_json::json!({
                 "id": chunk.events[1].customer_id, "tenant": "acme", "key": "K-1", "version": 2,
-                "createdAt": time, "updatedAt": time, "name": "N-1", "extra": {"a": "1"}
+                "createdAt": created_at(chunk.occurred_at, 1), "updatedAt": time,
+                "name": "N-1", "extra": {"a": "1"}
             })
         );
+        let first: serde_json::Value = serde_json::from_slice(messages[0].body).unwrap();
+        assert_eq!(first["data"]["createdAt"], body["time"]);
     }
 
     #[test]
