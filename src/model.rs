@@ -340,19 +340,22 @@ pub struct Counts {
 
 impl Counts {
     pub fn of(records: &[RecordResult]) -> Self {
-        let mut counts = Counts {
-            total: records.len(),
-            ..Counts::default()
-        };
+        let mut counts = Counts::default();
         for record in records {
-            match record.action {
-                Action::Created => counts.created += 1,
-                Action::Updated => counts.updated += 1,
-                Action::Unchanged => counts.unchanged += 1,
-                Action::Failed => counts.failed += 1,
-            }
+            counts.add(record.action);
         }
         counts
+    }
+
+    /// Counts one more record, which came to `action`.
+    pub fn add(&mut self, action: Action) {
+        self.total += 1;
+        match action {
+            Action::Created => self.created += 1,
+            Action::Updated => self.updated += 1,
+            Action::Unchanged => self.unchanged += 1,
+            Action::Failed => self.failed += 1,
+        }
     }
 
     pub fn status(&self) -> BatchStatus {

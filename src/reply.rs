@@ -144,6 +144,56 @@ impl Reply {
         Ok(parts)
     }
 
+    /// Serializes the reply with `records` in place of its own, each result made, written and let go
+    /// in turn, so that a large batch's results are never all held beside their text. The object's
+    /// members may come in another order than [`serde_json::to_string`] writes them; the value is
+    /// the same.
+    pub fn to_string_with_records<E: std::fmt::Display>(
+        &self,
+        records: impl Iterator<Item = Result<RecordResult, E>>,
+    ) -> serde_json::Result<String> {
+        use serde::ser::{Error, SerializeMap, SerializeSeq};
+        use std::cell::Cell;
+
+        /// The records, serialized as the sequence they make, once.
+        struct Records<I>(Cell<Option<I>>);
+        impl<I, E> Serialize for Records<I>
+        where
+            I: Iterator<Item = Result<RecordResult, E>>,
+            E: std::fmt::Display,
+        {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let records = self
+                    .0
+                    .take()
+                    .ok_or_else(|| S::Error::custom("the records are serialized once"))?;
+                let mut seq = serializer.serialize_seq(None)?;
+                for record in records {
+                    seq.serialize_element(&record.map_err(S::Error::custom)?)?;
+                }
+                seq.end()
+            }
+        }
+
+        let serde_json::Value::Object(members) = serde_json::to_value(self)? else {
+            return Err(serde_json::Error::custom("a reply serializes to an object"));
+        };
+        let records = Records(Cell::new(Some(records)));
+        let mut text = Vec::new();
+        let mut serializer = serde_json::Serializer::new(&mut text);
+        let mut map = serde::Serializer::serialize_map(&mut serializer, Some(members.len()))?;
+        for (name, value) in &members {
+            if name == "records" {
+                map.serialize_entry(name, &records)?;
+            } else {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        SerializeMap::end(map)?;
+        // serde_json writes only UTF-8.
+        String::from_utf8(text).map_err(serde_json::Error::custom)
+    }
+
     /// Removes what the reply holds of an erased customer: its records (found by `id`, and a
     /// record that failed under its `key`) and their entries in `response`. `counts` then count the
     /// records that are left; `status` stays the batch's. Returns how many records were removed.
@@ -385,6 +435,24 @@ mod tests {
         let mut rejected = reply_with(0);
         rejected.status = BatchStatus::Rejected;
         assert_eq!(responses(rejected), [serde_json::Value::Null]);
+    }
+
+    #[test]
+    fn a_reply_serialized_with_its_records_streamed_is_the_same_value() {
+        let reply = reply_with(25);
+        let header = Reply {
+            records: Vec::new(),
+            ..reply.clone()
+        };
+        let streamed = header
+            .to_string_with_records(reply.records.iter().cloned().map(Ok::<_, String>))
+            .unwrap();
+        let streamed: serde_json::Value = serde_json::from_str(&streamed).unwrap();
+        assert_eq!(streamed, serde_json::to_value(&reply).unwrap());
+        let failed = header.to_string_with_records(
+            [Ok(reply.records[0].clone()), Err("record 1 has no result")].into_iter(),
+        );
+        assert!(failed.is_err());
     }
 
     #[test]

@@ -4,10 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use anyhow::anyhow;
+use uuid::Uuid;
 
 use crate::codes::FieldCode;
 use crate::dialect::Merge;
-use crate::model::{Customer, FieldError, ParsedRecord, RecordResult};
+use crate::model::{Action, Counts, Customer, FieldError, ParsedRecord, RecordResult};
 use crate::store::{self, batches, customers, outbox};
 
 use super::retry::Budget;
@@ -38,8 +39,36 @@ pub(super) struct Batch<'a> {
 
 /// Builds the batch's completion from every record's result, or `None` when the batch is to be
 /// completed apart.
-pub(super) type Finish<'a> =
-    &'a (dyn Fn(Vec<RecordResult>) -> Option<customers::Completion> + Sync);
+pub(super) type Finish<'a> = &'a (dyn Fn(&Results<'_>) -> Option<customers::Completion> + Sync);
+
+/// What a chunk did to a key, kept by key for the records' results (the key is the map's).
+#[derive(Clone, Copy)]
+struct Done {
+    id: Uuid,
+    version: i64,
+    action: Action,
+}
+
+impl Done {
+    fn of(applied: &customers::Applied) -> Self {
+        Done {
+            id: applied.id,
+            version: applied.version,
+            action: applied.action,
+        }
+    }
+
+    fn result(self, index: usize, key: String) -> RecordResult {
+        RecordResult {
+            index,
+            id: Some(self.id),
+            action: self.action,
+            version: Some(self.version),
+            errors: vec![],
+            key: Some(key),
+        }
+    }
+}
 
 /// The rows to store (duplicate keys collapse to their last valid occurrence; the earlier ones report
 /// its result; keys whose result an earlier delivery recorded are not stored again) and every
@@ -155,23 +184,39 @@ pub(super) async fn apply(
     };
     let merged: Option<customers::Merge> = merge.is_some().then_some(&merged);
 
-    let chunk_size = ingest.settings.chunk_size;
+    let chunk_size = ingest.settings.chunk_size.max(1);
     let chunk_count = rows.len().div_ceil(chunk_size);
+    // Each chunk's rows in an allocation of their own, let go once the chunk is committed: the
+    // documents of a large batch are not all held until its last chunk.
+    let chunks: Vec<Vec<customers::ChunkRow>> = {
+        let mut rows = rows.into_iter();
+        (0..chunk_count)
+            .map(|_| rows.by_ref().take(chunk_size).collect())
+            .collect()
+    };
     let earlier: HashSet<String> = recorded.keys().cloned().collect();
-    let mut applied = recorded;
-    applied.reserve(rows.len());
+    let rows_count: usize = chunks.iter().map(Vec::len).sum();
+    let mut applied: HashMap<String, Done> = HashMap::with_capacity(recorded.len() + rows_count);
+    applied.extend(recorded.into_iter().map(|(key, a)| {
+        let done = Done::of(&a);
+        (key, done)
+    }));
     let mut refused: HashMap<String, FieldError> = HashMap::new();
     let mut completed = customers::Completed::No;
-    for (chunk_index, chunk) in rows.chunks(chunk_size).enumerate() {
+    for (chunk_index, chunk) in chunks.into_iter().enumerate() {
         let started = Instant::now();
         let index = i32::try_from(chunk_index)
             .ok()
             .and_then(|i| i.checked_add(first_chunk))
             .ok_or_else(|| BatchError::Failed(anyhow!("chunk {chunk_index} is out of range")))?;
         let complete = |last: &[customers::Applied]| {
-            results(&outline, &earlier, &applied, last, &refused)
-                .ok()
-                .and_then(finish)
+            finish(&Results {
+                outline: &outline,
+                earlier: &earlier,
+                applied: &applied,
+                last,
+                refused: &refused,
+            })
         };
         let chunk_of = customers::Chunk {
             tenant,
@@ -185,7 +230,7 @@ pub(super) async fn apply(
         let result = loop {
             let attempt = Instant::now();
             let outcome = budget
-                .run(|| customers::apply_chunk(&ingest.pool, &chunk_of, chunk, merged))
+                .run(|| customers::apply_chunk(&ingest.pool, &chunk_of, &chunk, merged))
                 .await;
             match outcome {
                 Ok(customers::Outcome::Applied(results, done)) => {
@@ -225,7 +270,10 @@ pub(super) async fn apply(
                 fail::fail_point!("chunk-after-commit", |_| crate::failpoints::crash());
                 ingest.relay.notify_one();
                 fingerprint = None;
-                applied.extend(results.into_iter().map(|a| (a.key.clone(), a)));
+                applied.extend(results.into_iter().map(|a| {
+                    let done = Done::of(&a);
+                    (a.key, done)
+                }));
             }
             // Still failing when the message's retry budget ran out: an outage or contention.
             Err(error) if store::is_transient(&error) => return Err(error.into()),
@@ -233,7 +281,7 @@ pub(super) async fn apply(
             // cannot help, and the other chunks are unaffected, so this chunk's records fail.
             Err(error) => {
                 let code = store::sqlstate(&error).unwrap_or_default();
-                let error_id = uuid::Uuid::now_v7();
+                let error_id = Uuid::now_v7();
                 tracing::error!(%error_id, chunk = chunk_index, sqlstate = %code, error = %error, "the database refused a chunk");
                 let failure = FieldError::new(
                     "",
@@ -243,7 +291,7 @@ pub(super) async fn apply(
                     ),
                 );
                 for row in chunk {
-                    refused.insert(row.key.clone(), failure.clone());
+                    refused.insert(row.key, failure.clone());
                 }
             }
         }
@@ -252,43 +300,76 @@ pub(super) async fn apply(
         }
     }
 
-    let records = results(&outline, &earlier, &applied, &[], &refused)?;
+    // The results the stored reply was made of (the last chunk's are in `applied` now), each
+    // taking its outline's key rather than a copy of it.
+    let results = Results {
+        outline: &[],
+        earlier: &earlier,
+        applied: &applied,
+        last: &[],
+        refused: &refused,
+    };
+    let records = outline
+        .into_iter()
+        .map(|record| results.of(record))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((records, completed))
 }
 
 /// Every record's result: what this delivery applied (in `applied`, or in `last`, a chunk's
-/// results in key order), what an earlier delivery recorded, or why the record failed.
-fn results(
-    outline: &[Outline],
-    earlier: &HashSet<String>,
-    applied: &HashMap<String, customers::Applied>,
-    last: &[customers::Applied],
-    refused: &HashMap<String, FieldError>,
-) -> Result<Vec<RecordResult>, BatchError> {
-    let find = |key: &str| {
-        last.binary_search_by(|a| a.key.as_str().cmp(key))
-            .ok()
-            .map(|at| &last[at])
-            .or_else(|| applied.get(key))
-    };
-    outline
-        .iter()
-        .map(|record| match (&record.key, &record.errors) {
+/// results in key order), what an earlier delivery recorded, or why the record failed. Each result
+/// is made when it is asked for, so that a large batch's results need not all be held at once.
+pub(super) struct Results<'a> {
+    outline: &'a [Outline],
+    earlier: &'a HashSet<String>,
+    applied: &'a HashMap<String, Done>,
+    last: &'a [customers::Applied],
+    refused: &'a HashMap<String, FieldError>,
+}
+
+impl Results<'_> {
+    /// Every record's result, in the batch's order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<RecordResult, BatchError>> + '_ {
+        self.outline.iter().map(|record| {
+            self.of(Outline {
+                index: record.index,
+                key: record.key.clone(),
+                errors: record.errors.clone(),
+            })
+        })
+    }
+
+    /// How many records came to each action.
+    pub fn counts(&self) -> Result<Counts, BatchError> {
+        self.iter()
+            .try_fold(Counts::default(), |mut counts, record| {
+                counts.add(record?.action);
+                Ok(counts)
+            })
+    }
+
+    fn find(&self, key: &str) -> Option<Done> {
+        match self.last.binary_search_by(|a| a.key.as_str().cmp(key)) {
+            Ok(at) => Some(Done::of(&self.last[at])),
+            Err(_) => self.applied.get(key).copied(),
+        }
+    }
+
+    /// The result of one record, made of its outline.
+    fn of(&self, record: Outline) -> Result<RecordResult, BatchError> {
+        match (record.key, record.errors) {
             // A record refused now whose key an earlier delivery applied (a reference since deleted)
             // reports what was done.
-            (Some(key), Some(_)) if earlier.contains(key) => {
-                Ok(applied_result(record.index, key.clone(), &applied[key]))
+            (Some(key), Some(_)) if self.earlier.contains(&key) => {
+                let done = self.applied[&key];
+                Ok(done.result(record.index, key))
             }
-            (key, Some(errors)) => Ok(RecordResult::failed(
-                record.index,
-                key.clone(),
-                errors.clone(),
-            )),
-            (Some(key), None) => match (find(key), refused.get(key)) {
-                (Some(a), _) => Ok(applied_result(record.index, key.clone(), a)),
+            (key, Some(errors)) => Ok(RecordResult::failed(record.index, key, errors)),
+            (Some(key), None) => match (self.find(&key), self.refused.get(&key)) {
+                (Some(done), _) => Ok(done.result(record.index, key)),
                 (None, Some(failure)) => Ok(RecordResult::failed(
                     record.index,
-                    Some(key.clone()),
+                    Some(key),
                     vec![failure.clone()],
                 )),
                 // The recorded results of an earlier delivery name other keys than this one's
@@ -303,18 +384,7 @@ fn results(
                 "record {} is valid but has no key",
                 record.index
             ))),
-        })
-        .collect()
-}
-
-fn applied_result(index: usize, key: String, applied: &customers::Applied) -> RecordResult {
-    RecordResult {
-        index,
-        id: Some(applied.id),
-        action: applied.action,
-        version: Some(applied.version),
-        errors: vec![],
-        key: Some(key),
+        }
     }
 }
 

@@ -282,34 +282,46 @@ impl Ingest {
                 serde_json::Value::Null
             }
         };
-        let reply_of = |records: Vec<RecordResult>| {
-            let counts = Counts::of(&records);
-            Reply {
-                batch_id: envelope.batch_id.clone(),
-                correlation_id: envelope.correlation_id.clone(),
-                tenant: Some(tenant.to_owned()),
-                dialect: Some(dialect.name().to_owned()),
-                status: counts.status(),
-                counts,
-                response: response_of(&records),
-                records,
-                error: None,
-                started_at,
-                finished_at: Utc::now(),
-                part: Default::default(),
-            }
+        let reply_of = |records: Vec<RecordResult>, counts: Counts, finished_at| Reply {
+            batch_id: envelope.batch_id.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            tenant: Some(tenant.to_owned()),
+            dialect: Some(dialect.name().to_owned()),
+            status: counts.status(),
+            counts,
+            response: response_of(&records),
+            records,
+            error: None,
+            started_at,
+            finished_at,
+            part: Default::default(),
         };
-        // The reply stored with the last chunk, kept to be sent once it commits.
-        let built: Mutex<Option<Reply>> = Mutex::new(None);
-        let finish = |records: Vec<RecordResult>| {
-            let reply = reply_of(records);
-            let completion = customers::Completion {
-                dialect: dialect.name(),
-                status: reply.status.as_str(),
-                reply: serde_json::to_string(&reply).ok()?,
+        // When the reply stored with the last chunk was finished: once that chunk commits, the
+        // reply sent is made again of the same results, at the same time.
+        let built: Mutex<Option<DateTime<Utc>>> = Mutex::new(None);
+        let finish = |results: &apply::Results<'_>| {
+            let finished_at = Utc::now();
+            let (counts, reply) = if dialect.renders_customers() {
+                // The response is made of every record's result and customer.
+                let records = results.iter().collect::<Result<Vec<_>, _>>().ok()?;
+                let counts = Counts::of(&records);
+                let reply = serde_json::to_string(&reply_of(records, counts, finished_at)).ok()?;
+                (counts, reply)
+            } else {
+                // The results are made twice, to count them and as they are written, rather than
+                // held all at once beside the reply's text.
+                let counts = results.counts().ok()?;
+                let reply = reply_of(Vec::new(), counts, finished_at)
+                    .to_string_with_records(results.iter())
+                    .ok()?;
+                (counts, reply)
             };
-            *built.lock().unwrap() = Some(reply);
-            Some(completion)
+            *built.lock().unwrap() = Some(finished_at);
+            Some(customers::Completion {
+                dialect: dialect.name(),
+                status: counts.status().as_str(),
+                reply,
+            })
         };
         let (records, completed) = apply::apply(
             self,
@@ -332,7 +344,10 @@ impl Ingest {
         )
         .await?;
         let reply = match (completed, built.into_inner().unwrap()) {
-            (customers::Completed::Stored, Some(reply)) => reply,
+            (customers::Completed::Stored, Some(finished_at)) => {
+                let counts = Counts::of(&records);
+                reply_of(records, counts, finished_at)
+            }
             (customers::Completed::Earlier, _) => {
                 let stored = budget
                     .run(|| batches::completed_reply(&self.pool, tenant, &envelope.batch_id))
@@ -346,7 +361,8 @@ impl Ingest {
                 )));
             }
             _ => {
-                let reply = reply_of(records);
+                let counts = Counts::of(&records);
+                let reply = reply_of(records, counts, Utc::now());
                 let stored = budget
                     .run(|| {
                         batches::complete(

@@ -7,7 +7,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 use super::batches::Fingerprint;
@@ -30,6 +30,9 @@ pub struct Applied {
     pub version: i64,
     pub action: Action,
 }
+
+/// A stored reply longer than this leaves the connection that sent it with its buffers shrunk.
+const LARGE_STATEMENT: usize = 1 << 20;
 
 /// How a chunk's rows become the stored documents of customers that exist already.
 pub type Merge<'a> = &'a (dyn Fn(serde_json::Value, &ChunkRow) -> String + Sync);
@@ -173,11 +176,21 @@ pub async fn apply_chunk(
     }
     let events = written.encode(tenant, batch_id, trace, now);
     let completion = complete.and_then(|complete| complete(&applied));
+    let completing = completion.is_some();
+    let (reply, completion) = match completion {
+        Some(Completion {
+            dialect,
+            status,
+            reply,
+        }) => (Some(reply), Some((dialect, status))),
+        None => (None, None),
+    };
+    let large_reply = reply.as_ref().is_some_and(|r| r.len() > LARGE_STATEMENT);
 
     fail::fail_point!("chunk-before-commit", |_| crate::failpoints::crash());
     let written_count = written.keys.len() as i64;
     // One statement, committed on its own: no transaction is open between statements.
-    let result: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+    let result = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::bytea[], $6::bigint[])
                  AS t(key, data, id, hash, version)
@@ -241,12 +254,20 @@ pub async fn apply_chunk(
     ])
     .bind(fingerprint.map(|f| f.dialect.as_str()))
     .bind(fingerprint.map(|f| &f.body_sha256))
-    .bind(completion.as_ref().map(|c| c.reply.as_str()))
-    .bind(completion.as_ref().map(|c| c.dialect))
-    .bind(completion.as_ref().map(|c| c.status))
-    .bind(written_count)
-    .fetch_one(pool)
-    .await;
+    // Moved, not borrowed: the reply's text is let go once copied into the statement's arguments,
+    // rather than held beside them and the connection's buffer while the statement is sent.
+    .bind(reply)
+    .bind(completion.map(|(dialect, _)| dialect))
+    .bind(completion.map(|(_, status)| status))
+    .bind(written_count);
+    let mut connection = pool.acquire().await?;
+    let result: Result<(i64, i64), sqlx::Error> = result.fetch_one(&mut *connection).await;
+    if large_reply {
+        // The connection's write buffer grew to hold the whole reply; it would otherwise keep that
+        // capacity for as long as the connection lives in the pool.
+        connection.shrink_buffers();
+    }
+    drop(connection);
     let stored = match result {
         Ok((_, stored)) => stored,
         // Raised by the statement's own check, which undid it (see the migration that defines
@@ -256,10 +277,10 @@ pub async fn apply_chunk(
         }
         Err(error) => return Err(error),
     };
-    let completed = match (completion, stored) {
-        (None, _) => Completed::No,
-        (Some(_), 0) => Completed::Earlier,
-        (Some(_), _) => Completed::Stored,
+    let completed = match (completing, stored) {
+        (false, _) => Completed::No,
+        (true, 0) => Completed::Earlier,
+        (true, _) => Completed::Stored,
     };
     Ok(Outcome::Applied(applied, completed))
 }

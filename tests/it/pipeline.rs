@@ -415,6 +415,53 @@ async fn a_reply_too_large_for_one_message_comes_in_numbered_parts_covering_ever
 }
 
 #[tokio::test]
+async fn a_key_repeated_across_windows_is_stored_once_and_the_stored_reply_is_the_one_sent() {
+    // Windows and chunks of two records: "A" recurs three windows on, "B" last occurs invalid, so
+    // its earlier valid occurrence is the one stored.
+    let mut app = TestApp::spawn_with(|s| s.pipeline.chunk_size = 2).await;
+    let body = br#"[
+        {"customerID": "A", "customerName": "first"},
+        {"customerID": "B", "customerName": "kept"},
+        {"customerID": "C", "customerName": "c"},
+        {"customerID": "D", "customerName": "d"},
+        {"customerID": "B", "email": "not-an-email"},
+        {"customerID": "E", "customerName": "e"},
+        {"customerID": "A", "customerName": "last"}
+    ]"#;
+    app.publish(Message::upsert(body, "acme", "windows")).await;
+    let (reply, _) = app.next_reply().await;
+    assert_eq!(
+        reply["counts"],
+        json!({"total": 7, "created": 6, "updated": 0, "unchanged": 0, "failed": 1})
+    );
+    let records = records(&reply);
+    let indexes: Vec<u64> = records
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, (0..7).collect::<Vec<u64>>());
+    assert_eq!(records[0]["id"], records[6]["id"]);
+    assert_eq!(records[0]["key"], "A");
+    assert_eq!(records[1]["action"], "created");
+    assert_eq!(records[4]["action"], "failed");
+    let (_, version, data) = app.customer("acme", "A").await.unwrap();
+    assert_eq!((version, data["name"].as_str()), (1, Some("last")));
+    let (_, version, data) = app.customer("acme", "B").await.unwrap();
+    assert_eq!((version, data["name"].as_str()), (1, Some("kept")));
+    app.events(5).await;
+
+    // The same message again is answered from the stored reply: the very reply sent first.
+    app.publish(Message::upsert(body, "acme", "windows")).await;
+    let (again, _) = app.next_reply().await;
+    let without_correlation = |mut reply: serde_json::Value| {
+        reply["correlation_id"] = serde_json::Value::Null;
+        reply
+    };
+    assert_eq!(without_correlation(again), without_correlation(reply));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn small_chunks_give_the_same_result_as_one_chunk() {
     let mut app = TestApp::spawn_with(|s| s.pipeline.chunk_size = 7).await;
     let body = customers_body("K", 100, "C");
